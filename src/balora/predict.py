@@ -100,7 +100,9 @@ def _repeat(inputs: Inputs, times: int) -> Inputs:
     return {k: rep(v) for k, v in inputs.items()}
 
 
-def _call(model: nn.Module, inputs: Inputs) -> Tensor:
+def model_output(model: nn.Module, inputs: Inputs) -> Tensor:
+    """Call the model on a tensor (positional) or a dict (keyword arguments); return the
+    output tensor, or its ``.logits``."""
     out = model(inputs) if isinstance(inputs, Tensor) else model(**inputs)
     if isinstance(out, Tensor):
         return out
@@ -196,7 +198,7 @@ def predict(
     model.eval()
     try:
         if num_samples == 0:
-            out = _call(model, inputs).unsqueeze(0)
+            out = model_output(model, inputs).unsqueeze(0)
             return summarize(out, task, 0, gaussian=gaussian, keep_samples=keep_samples)
         chunk = chunk_size or max(1, min(num_samples, DEFAULT_MAX_ROWS // b))
         with ExitStack() as stack:
@@ -217,7 +219,7 @@ def predict(
                 n = min(chunk, num_samples - start)
                 if z is not None:
                     adapter.state.backbone_z = z.repeat(n, 1, 1)
-                out = _call(model, _repeat(inputs, n))
+                out = model_output(model, _repeat(inputs, n))
                 outs.append(out.reshape(n, b, *out.shape[1:]))
         return summarize(
             torch.cat(outs), task, num_samples, gaussian=gaussian, keep_samples=keep_samples

@@ -1,0 +1,317 @@
+"""What every method shares: data, the training budget, the training loop and the interface.
+
+A method is built from a model factory (a fresh base model per call), a task and a budget; it
+`fit`s on training data (model selection on validation data only) and `predict`s a
+`balora.Prediction` for any number of samples, so the comparison runner can treat every method
+alike.
+
+    Method(factory, task, adapter=BaLoRAConfig(...), train=TrainConfig(...))
+        .fit(train: Data, val: Data | None) -> FitReport
+        .predict(inputs, num_samples, seed) -> Prediction
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from balora.config import BaLoRAConfig
+from balora.inject import has_adapter, trainable_parameters
+from balora.objective import kl_divergence, kl_weight_at
+from balora.predict import Prediction, model_output, predict
+
+Task = Literal["classification", "regression"]
+Inputs = Tensor | dict[str, Tensor]
+ModelFactory = Callable[[], nn.Module]
+
+
+def _positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+@dataclass
+class TrainConfig:
+    """The training budget, identical for every method of a comparison."""
+
+    epochs: int = 3
+    """Passes over the training data."""
+    batch_size: int = 32
+    """Examples per optimisation step."""
+    lr: float = 1e-3
+    """Learning rate of the adapters (and of `modules_to_save`)."""
+    alpha_lr: float | None = None
+    """Learning rate of the α parameters (``None``: `lr`)."""
+    weight_decay: float = 0.0
+    """AdamW weight decay (not applied to α parameters)."""
+    kl_weight: float = 1.0
+    """β of the ELBO."""
+    kl_warmup: float = 0.0
+    """Fraction of the training steps over which β warms up linearly from 0."""
+    grad_clip: float | None = 1.0
+    """Gradient-norm clipping (``None``: off)."""
+    patience: int | None = None
+    """Early stopping: epochs without validation improvement (``None``: train all epochs and
+    keep the best epoch by validation NLL)."""
+    max_steps: int | None = None
+    """Stop after this many optimisation steps (``None``: no limit)."""
+    progress: bool = True
+    """Show progress bars."""
+
+    def __post_init__(self) -> None:
+        _positive_int("epochs", self.epochs)
+        _positive_int("batch_size", self.batch_size)
+        for name in ("lr", "alpha_lr"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, (int, float)) and value > 0):
+                raise ValueError(f"{name} must be > 0, got {value!r}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        if self.kl_weight < 0:
+            raise ValueError(f"kl_weight must be >= 0, got {self.kl_weight!r}")
+        if not 0.0 <= self.kl_warmup < 1.0:
+            raise ValueError(f"kl_warmup must be in [0, 1), got {self.kl_warmup!r}")
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            raise ValueError(f"grad_clip must be > 0 or None, got {self.grad_clip!r}")
+        if self.patience is not None:
+            _positive_int("patience", self.patience)
+        if self.max_steps is not None:
+            _positive_int("max_steps", self.max_steps)
+
+
+@dataclass
+class Data:
+    """A dataset held in memory: inputs (a tensor, or a dict of tensors as for Hugging Face
+    models) and targets, all with the same first dimension."""
+
+    inputs: Inputs
+    targets: Tensor
+
+    def __post_init__(self) -> None:
+        sizes = {"targets": self.targets.shape[0]}
+        if isinstance(self.inputs, Tensor):
+            sizes["inputs"] = self.inputs.shape[0]
+        elif isinstance(self.inputs, Mapping):
+            sizes.update({k: v.shape[0] for k, v in self.inputs.items()})
+        else:
+            raise TypeError(
+                f"inputs must be a tensor or a dict of tensors, got {type(self.inputs)}"
+            )
+        if len(set(sizes.values())) != 1:
+            raise ValueError(f"Data fields disagree on the number of examples: {sizes}")
+        if sizes["targets"] == 0:
+            raise ValueError("Data is empty")
+
+    def __len__(self) -> int:
+        return self.targets.shape[0]
+
+    def select(self, index: Tensor | slice) -> Data:
+        """The examples at `index`."""
+        if isinstance(self.inputs, Tensor):
+            return Data(self.inputs[index], self.targets[index])
+        return Data({k: v[index] for k, v in self.inputs.items()}, self.targets[index])
+
+    def batches(
+        self, batch_size: int, *, shuffle: bool = False, generator: torch.Generator | None = None
+    ) -> Iterator[Data]:
+        """Minibatches in order, or shuffled with `generator`."""
+        n = len(self)
+        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+        for start in range(0, n, batch_size):
+            yield self.select(order[start : start + batch_size])
+
+
+@dataclass
+class FitReport:
+    """What training did: per-epoch history, the selected epoch, cost."""
+
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int = -1
+    train_seconds: float = 0.0
+    steps: int = 0
+    trainable_parameters: int = 0
+
+
+def nll_loss(output: Tensor, targets: Tensor, task: Task, gaussian: bool) -> Tensor:
+    """Mean negative log-likelihood of a minibatch: cross-entropy, Gaussian NLL with a
+    (mean, log-variance) head, or squared error (a unit-variance Gaussian, constant dropped)."""
+    if task == "classification":
+        return F.cross_entropy(output, targets)
+    if gaussian:
+        mean, log_var = output[..., 0], output[..., 1]
+        return 0.5 * (log_var + (targets - mean) ** 2 / log_var.exp()).mean() + 0.5 * math.log(
+            2 * math.pi
+        )
+    return 0.5 * F.mse_loss(output.reshape(targets.shape), targets)
+
+
+class Method:
+    """Base class: trains one model (`self.model`) with the shared loop; `predict` samples it.
+
+    Subclasses set `name` and build the model in `build` (apply adapters, choose what trains).
+    """
+
+    name: ClassVar[str] = ""
+    stochastic: ClassVar[bool] = True
+    """Whether `predict` depends on the number of samples."""
+
+    def __init__(
+        self,
+        model_factory: ModelFactory,
+        task: Task = "classification",
+        *,
+        adapter: BaLoRAConfig | None = None,
+        train: TrainConfig | None = None,
+        gaussian: bool = False,
+        seed: int = 0,
+    ) -> None:
+        if task not in ("classification", "regression"):
+            raise ValueError(f"task must be 'classification' or 'regression', got {task!r}")
+        if gaussian and task != "regression":
+            raise ValueError("gaussian=True is for task='regression'")
+        self.model_factory = model_factory
+        self.task: Task = task
+        self.adapter = adapter or BaLoRAConfig()
+        self.train_config = train or TrainConfig()
+        self.gaussian = gaussian
+        self.seed = seed
+        self.model: nn.Module | None = None
+
+    # -- to override ------------------------------------------------------------------------
+    def build(self) -> nn.Module:
+        """A fresh model ready to train (adapters applied, the rest frozen)."""
+        raise NotImplementedError
+
+    def parameter_groups(self, model: nn.Module) -> list[dict[str, Any]]:
+        """Optimizer groups: α parameters get `alpha_lr` and no weight decay."""
+        cfg = self.train_config
+        alpha, rest = [], []
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                (alpha if "alpha" in name else rest).append(p)
+        groups = [{"params": rest, "lr": cfg.lr, "weight_decay": cfg.weight_decay}]
+        if alpha:
+            groups.append({"params": alpha, "lr": cfg.alpha_lr or cfg.lr, "weight_decay": 0.0})
+        return groups
+
+    # -- shared ------------------------------------------------------------------------------
+    def fit(self, train: Data, val: Data | None = None) -> FitReport:
+        """Train with the shared budget; keeps the epoch with the best validation NLL."""
+        torch.manual_seed(self.seed)
+        self.model = self.build()
+        return train_model(self, self.model, train, val)
+
+    def predict(self, inputs: Inputs, num_samples: int = 32, seed: int | None = 0) -> Prediction:
+        """A `Prediction` from `num_samples` posterior samples (0: the point estimate)."""
+        if self.model is None:
+            raise RuntimeError(f"{self.name}: call fit() before predict()")
+        return predict(
+            self.model,
+            inputs,
+            num_samples=num_samples if self.stochastic else 0,
+            task=self.task,
+            seed=seed,
+            gaussian=self.gaussian,
+        )
+
+    def trainable_parameters(self) -> int:
+        if self.model is None:
+            raise RuntimeError(f"{self.name}: call fit() first")
+        return trainable_parameters(self.model)[0]
+
+
+def evaluate_nll(method: Method, model: nn.Module, data: Data, batch_size: int) -> float:
+    """Mean NLL of the point estimate (posterior mean) on `data`."""
+    was_training = model.training
+    model.eval()
+    total = 0.0
+    with torch.no_grad():
+        for batch in data.batches(batch_size):
+            out = model_output(model, batch.inputs)
+            loss = nll_loss(out, batch.targets, method.task, method.gaussian)
+            total += loss.item() * len(batch)
+    model.train(was_training)
+    return total / len(data)
+
+
+def train_model(method: Method, model: nn.Module, train: Data, val: Data | None) -> FitReport:
+    """The shared loop: AdamW, the ELBO for adapted models, best epoch by validation NLL."""
+    cfg = method.train_config
+    report = FitReport(trainable_parameters=trainable_parameters(model)[0])
+    opt = torch.optim.AdamW(method.parameter_groups(model))
+    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
+    total_steps = cfg.epochs * steps_per_epoch
+    if cfg.max_steps is not None:
+        total_steps = min(total_steps, cfg.max_steps)
+    warmup = int(cfg.kl_warmup * total_steps)
+    uses_kl = has_adapter(model) and model._balora.config.noise != "none"
+    generator = torch.Generator().manual_seed(method.seed)
+    best_nll, best_state, stale = math.inf, None, 0
+    start = time.perf_counter()
+    bar = tqdm(total=total_steps, desc=f"train {method.name}", disable=not cfg.progress)
+    step = 0
+    for epoch in range(cfg.epochs):
+        model.train()
+        sums = {"nll": 0.0, "kl": 0.0}
+        seen = 0
+        for batch in train.batches(cfg.batch_size, shuffle=True, generator=generator):
+            nll = nll_loss(
+                model_output(model, batch.inputs), batch.targets, method.task, method.gaussian
+            )
+            loss = nll
+            if uses_kl:
+                kl = kl_divergence(model)
+                beta = kl_weight_at(step, cfg.kl_weight, warmup)
+                loss = nll + beta * kl / len(train)
+                sums["kl"] += kl.item() * len(batch)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"{method.name}: the training loss became {loss.item()} at step {step}; "
+                    "lower the learning rate"
+                )
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip is not None:
+                params = [p for g in opt.param_groups for p in g["params"]]
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            opt.step()
+            sums["nll"] += nll.item() * len(batch)
+            seen += len(batch)
+            step += 1
+            bar.update(1)
+            bar.set_postfix(nll=f"{nll.item():.3f}")
+            if step >= total_steps:
+                break
+        record = {"epoch": epoch, "train_nll": sums["nll"] / seen, "train_kl": sums["kl"] / seen}
+        if val is not None:
+            record["val_nll"] = evaluate_nll(method, model, val, cfg.batch_size * 2)
+            if record["val_nll"] < best_nll:
+                best_nll, stale, report.best_epoch = record["val_nll"], 0, epoch
+                best_state = {
+                    k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad
+                }
+            else:
+                stale += 1
+        report.history.append(record)
+        if step >= total_steps or (cfg.patience is not None and stale >= cfg.patience):
+            break
+    bar.close()
+    if best_state is not None:
+        with torch.no_grad():
+            params = dict(model.named_parameters())
+            for k, v in best_state.items():
+                params[k].copy_(v)
+    else:
+        report.best_epoch = len(report.history) - 1
+    report.train_seconds = time.perf_counter() - start
+    report.steps = step
+    model.eval()
+    return report
