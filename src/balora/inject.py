@@ -14,7 +14,7 @@ backbone once (no grad, adapters disabled, eval mode) to compute every layer's Î
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -76,6 +76,10 @@ def _no_match_error(what: str, patterns: Any, model: nn.Module) -> ValueError:
     )
 
 
+WrapFn = Callable[[nn.Module, BaLoRAConfig, AdapterState, str, int], BaLoRALayer]
+"""``wrap_fn(base_layer, config, state, name, index) -> layer``: builds one wrapper."""
+
+
 def apply(
     model: nn.Module, config: BaLoRAConfig, *, feature_fn: FeatureFn | None = None
 ) -> nn.Module:
@@ -86,6 +90,14 @@ def apply(
     features of the ``backbone`` Î± source (default: `balora.alpha.default_features`).
     Returns the same model.
     """
+    return _apply(model, config, feature_fn=feature_fn, wrap_fn=wrap)
+
+
+def _apply(
+    model: nn.Module, config: BaLoRAConfig, *, feature_fn: FeatureFn | None, wrap_fn: WrapFn
+) -> nn.Module:
+    """`apply` with the wrapper factory as a parameter (used by layer variants such as the
+    BLoB baseline, `balora.methods.blob`)."""
     if not isinstance(config, BaLoRAConfig):
         raise TypeError(f"config must be a BaLoRAConfig, got {type(config).__name__}")
     if has_adapter(model):
@@ -104,7 +116,7 @@ def apply(
     state = AdapterState(config)
     modules = dict(model.named_modules())
     # wrap everything first so that an unsupported module leaves the model untouched
-    layers = {n: wrap(modules[n], config, state, n, i) for i, n in enumerate(names)}
+    layers = {n: wrap_fn(modules[n], config, state, n, i) for i, n in enumerate(names)}
     for name, layer in layers.items():
         layer.train(modules[name].training)  # a new module starts in training mode
     requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
@@ -117,7 +129,7 @@ def apply(
     for name in to_save:
         model.get_submodule(name).requires_grad_(True)
 
-    if config.alpha_source == "backbone":
+    if config.alpha_source == "backbone" and config.noise != "none":
         feature_dim = config.alpha_feature_dim or infer_feature_dim(model)
         if feature_dim is None:
             raise ValueError(

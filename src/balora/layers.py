@@ -98,13 +98,14 @@ class BaLoRALayer(nn.Module):
         self.lora_A = nn.Parameter(torch.empty(self._a_shape(config.r), **factory))
         self.lora_B = nn.Parameter(torch.zeros(self.out_features, config.r, **factory))
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # as nn.Linear and PEFT
-        self.alpha_module: nn.Module | None
-        if config.alpha_source == "layer":
+        self.alpha_module: nn.Module | None = None
+        if config.noise == "none":  # plain LoRA: no α to infer
+            pass
+        elif config.alpha_source == "layer":
             self.alpha_module = LayerAlpha(self.in_features, config).to(**factory)
         elif config.alpha_source == "constant":
             self.alpha_module = ConstantAlpha(config).to(**factory)
-        else:  # backbone: α comes from the model-level network through `state`
-            self.alpha_module = None
+        # backbone: α comes from the model-level network through `state`
         # Last α (detached, (b, k)) and per-example KL ((b,), with grad) of a stochastic forward.
         self.last_alpha: Tensor | None = None
         self.last_kl: Tensor | None = None
@@ -183,21 +184,25 @@ class BaLoRALayer(nn.Module):
             delta = delta.squeeze(0)
         return result + delta.to(result.dtype)
 
+    def _noise_scale(self) -> Tensor:
+        """Per-element standard deviation of Ω at α = 1, shaped like A: ``|A|``."""
+        return self.lora_A.abs()
+
     def _unit_noise(self, x: Tensor) -> Tensor:
         """Noise of the rank-space activation at α = 1: (b, ..., r)."""
-        a = self.lora_A
+        scale = self._noise_scale()
         if self.config.noise == "token":
-            var = self._project_a(x * x, a * a)
+            var = self._project_a(x * x, scale * scale)
             eps = self.state.randn(tuple(var.shape), var)
             return var.clamp_min(1e-30).sqrt() * eps
-        # example: (|A| ⊙ E_i) x, in chunks of examples bounding the random numbers drawn
+        # example: (scale ⊙ E_i) x, in chunks of examples bounding the random numbers drawn
         b = x.shape[0]
-        step = max(1, MAX_NOISE_ELEMENTS // a.numel())
+        step = max(1, MAX_NOISE_ELEMENTS // scale.numel())
         parts = []
         for start in range(0, b, step):
             chunk = x[start : start + step]
-            e = self.state.randn((chunk.shape[0], *a.shape), a)
-            parts.append(self._project_per_example(chunk, a.abs() * e))
+            e = self.state.randn((chunk.shape[0], *scale.shape), scale)
+            parts.append(self._project_per_example(chunk, scale * e))
         return torch.cat(parts) if len(parts) > 1 else parts[0]
 
     def _alpha(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -333,16 +338,14 @@ def _is_gpt2_conv1d(module: nn.Module) -> bool:
 SUPPORTED_TYPES = "nn.Linear, transformers Conv1D (GPT-2), nn.Conv1d, nn.Conv2d"
 
 
-def wrap(
-    module: nn.Module, config: BaLoRAConfig, state: AdapterState, name: str, index: int
-) -> BaLoRALayer:
-    """Wrap a base layer in the matching BaLoRA layer, or raise `TypeError`."""
+def wrapper_class(module: nn.Module, name: str) -> type[BaLoRALayer]:
+    """The wrapper class for a base layer (an ordered list of checks), or raise `TypeError`."""
     if isinstance(module, BaLoRALayer):
         raise ValueError(f"{name} is already a BaLoRA layer")
     if isinstance(module, nn.Linear):
-        return Linear(module, config, state, name, index)
+        return Linear
     if _is_gpt2_conv1d(module):
-        return GPT2Conv1D(module, config, state, name, index)
+        return GPT2Conv1D
     if isinstance(module, nn.Conv1d | nn.Conv2d):
         if module.groups != 1 or module.padding_mode != "zeros":
             raise TypeError(
@@ -350,8 +353,15 @@ def wrap(
                 f"padding_mode={module.padding_mode!r}; only groups=1 with zero padding is "
                 "supported (target the pointwise convolutions instead)"
             )
-        return ConvNd(module, config, state, name, index)
+        return ConvNd
     raise TypeError(
         f"cannot adapt {name}: unsupported module type {type(module).__name__}; "
         f"supported: {SUPPORTED_TYPES}"
     )
+
+
+def wrap(
+    module: nn.Module, config: BaLoRAConfig, state: AdapterState, name: str, index: int
+) -> BaLoRALayer:
+    """Wrap a base layer in the matching BaLoRA layer, or raise `TypeError`."""
+    return wrapper_class(module, name)(module, config, state, name, index)

@@ -122,11 +122,28 @@ class Data:
     def batches(
         self, batch_size: int, *, shuffle: bool = False, generator: torch.Generator | None = None
     ) -> Iterator[Data]:
-        """Minibatches in order, or shuffled with `generator`."""
+        """Minibatches in order, or shuffled with `generator`. Trailing positions that are
+        padding in every sequence of a batch (``attention_mask`` all 0) are cut off."""
         n = len(self)
         order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
         for start in range(0, n, batch_size):
-            yield self.select(order[start : start + batch_size])
+            yield self.select(order[start : start + batch_size]).trim_padding()
+
+    def trim_padding(self) -> Data:
+        """Drop trailing positions where ``attention_mask`` is 0 for every example (right
+        padding only, so positions of real tokens do not move)."""
+        if isinstance(self.inputs, Tensor) or "attention_mask" not in self.inputs:
+            return self
+        mask = self.inputs["attention_mask"]
+        used = mask.any(dim=0).nonzero()
+        length = int(used.max()) + 1 if used.numel() else 1
+        if length == mask.shape[1]:
+            return self
+        trimmed = {
+            k: v[:, :length] if v.dim() >= 2 and v.shape[1] == mask.shape[1] else v
+            for k, v in self.inputs.items()
+        }
+        return Data(trimmed, self.targets)
 
 
 @dataclass
@@ -205,9 +222,12 @@ class Method:
     # -- shared ------------------------------------------------------------------------------
     def fit(self, train: Data, val: Data | None = None) -> FitReport:
         """Train with the shared budget; keeps the epoch with the best validation NLL."""
-        torch.manual_seed(self.seed)
-        self.model = self.build()
-        return train_model(self, self.model, train, val)
+        # the method's seed drives initialisation and training noise; the caller's global RNG
+        # is left as it was
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            self.model = self.build()
+            return train_model(self, self.model, train, val)
 
     def predict(self, inputs: Inputs, num_samples: int = 32, seed: int | None = 0) -> Prediction:
         """A `Prediction` from `num_samples` posterior samples (0: the point estimate)."""

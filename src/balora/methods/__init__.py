@@ -1,0 +1,31 @@
+"""Every method of a comparison behind one name: build with `make_method(name, ...)`.
+
+Names: lora, mc_dropout, ensemble, blob, balora, balora_constant, laplace, full_ft. Each is
+trained by the same loop and budget (`TrainConfig`) and predicts a `balora.Prediction`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from balora.methods.adapters import BaLoRA, BaLoRAConstant, Ensemble, FullFineTune, LoRA, MCDropout
+from balora.methods.base import Data, FitReport, Method, ModelFactory, Task, TrainConfig
+from balora.methods.blob import BLoB
+from balora.methods.laplace import Laplace
+
+METHODS: dict[str, type[Method]] = {
+    cls.name: cls
+    for cls in (LoRA, MCDropout, Ensemble, BLoB, BaLoRA, BaLoRAConstant, Laplace, FullFineTune)
+}
+
+
+def make_method(
+    name: str, model_factory: ModelFactory, task: Task = "classification", **kwargs: Any
+) -> Method:
+    """Build the method called `name` (see `METHODS`); options go to its constructor."""
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; available: {sorted(METHODS)}")
+    return METHODS[name](model_factory, task, **kwargs)
+
+
+__all__ = ["METHODS", "Data", "FitReport", "Method", "TrainConfig", "make_method"]
