@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -45,11 +47,20 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def _write_atomic(path: Path, write: Any) -> Path:
-    """Write through `write(tmp_path)` to a temporary file beside `path`; return the temp."""
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_temp(path: Path, write: Callable[[str], None]) -> Path:
+    """Write through `write(tmp_path)` to a temporary file beside `path`, flushed to disk;
+    returns the temporary path (move it into place with `os.replace`)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
         write(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
@@ -57,6 +68,43 @@ def _write_atomic(path: Path, write: Any) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return Path(tmp)
+
+
+def write_atomic(path: Path, write: Callable[[str], None]) -> Path:
+    """Write `path` through `write(tmp_path)` and `os.replace`: never half-written."""
+    tmp = write_temp(path, write)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_text(path: Path, text: str) -> Path:
+    """Write a text file atomically."""
+    return write_atomic(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def finite_or_none(value: Any) -> Any:
+    """`value` with every NaN / infinite float (also inside lists and dicts) replaced by None,
+    and numpy / torch scalars as Python numbers."""
+    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
+        value = value.item()
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {str(k): finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite_or_none(v) for v in value]
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    return value
+
+
+def write_json(path: Path, data: Any) -> Path:
+    """JSON without NaN or infinity (they become null), written atomically."""
+    return write_text(path, json.dumps(finite_or_none(data), indent=1, allow_nan=False) + "\n")
 
 
 def _sha256(path: Path) -> str:
@@ -80,7 +128,7 @@ def save(model: nn.Module, directory: str | os.PathLike[str]) -> Path:
             raise ValueError(f"refusing to save: {name} holds NaN or inf values")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    weights_tmp = _write_atomic(directory / WEIGHTS_NAME, lambda p: save_file(tensors, p))
+    weights_tmp = write_temp(directory / WEIGHTS_NAME, lambda p: save_file(tensors, p))
     try:
         meta = {
             "balora_version": __version__,
@@ -100,7 +148,7 @@ def save(model: nn.Module, directory: str | os.PathLike[str]) -> Path:
             "weights_sha256": _sha256(weights_tmp),
         }
         text = json.dumps(meta, indent=2)
-        config_tmp = _write_atomic(directory / CONFIG_NAME, lambda p: Path(p).write_text(text))
+        config_tmp = write_temp(directory / CONFIG_NAME, lambda p: Path(p).write_text(text))
     except BaseException:
         weights_tmp.unlink(missing_ok=True)
         raise

@@ -1,0 +1,153 @@
+"""The ``balora`` command line: train, evaluate, predict, compare, demo.
+
+Options are generated from the typed configs (`BaLoRAConfig`, `TrainConfig`,
+`TextTaskConfig`); their field docstrings are the ``--help`` texts. User errors (a bad path,
+column, label or option) end with a one-line message and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from balora.argparsing import add_dataclass_arguments, dataclass_from_args
+from balora.config import BaLoRAConfig
+from balora.methods import METHODS, TrainConfig
+from balora.recipes.text import TextTaskConfig
+
+DEMO_METHODS = ("lora", "mc_dropout", "balora")
+
+
+class UserError(Exception):
+    """An error in the user's input: printed as one line, exit code 2."""
+
+
+def _common_training_options(parser: argparse.ArgumentParser, *, methods: bool) -> None:
+    add_dataclass_arguments(parser, TextTaskConfig, title="data and backbone")
+    add_dataclass_arguments(
+        parser,
+        BaLoRAConfig,
+        title="adapter",
+        defaults={"target_modules": None, "modules_to_save": None},
+        exclude=("alpha_feature_dim",),
+    )
+    add_dataclass_arguments(parser, TrainConfig, title="training budget")
+    if methods:
+        parser.add_argument(
+            "--method", default="balora", choices=sorted(METHODS), help="method to train"
+        )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the method (default: 0)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="balora",
+        description="Bayesian low-rank adaptation: fine-tune with calibrated uncertainty.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train one method; save adapter, config and metrics")
+    p.add_argument("--output", "-o", type=Path, required=True, help="run directory to write")
+    _common_training_options(p, methods=True)
+
+    p = sub.add_parser("evaluate", help="metrics JSON and plots of a trained run")
+    p.add_argument("run", type=Path, help="run directory written by `balora train`")
+    p.add_argument("--data", help="a CSV/JSONL file to evaluate on (default: the run's test split)")
+    p.add_argument("--text-column", default=None, help="text column of --data")
+    p.add_argument("--label-column", default=None, help="label column of --data")
+    p.add_argument(
+        "--num-samples",
+        type=int,
+        nargs="+",
+        default=[1, 2, 4, 8, 16],
+        help="posterior sample counts to evaluate (default: 1 2 4 8 16)",
+    )
+    p.add_argument("--output", "-o", type=Path, help="where to write (default: RUN/eval)")
+
+    p = sub.add_parser("predict", help="label, probability and uncertainty per input")
+    p.add_argument("run", type=Path, help="run directory written by `balora train`")
+    p.add_argument("texts", nargs="*", help="texts to classify")
+    p.add_argument("--file", type=Path, help="a text file with one input per line")
+    p.add_argument("--num-samples", type=int, default=16, help="posterior samples (default: 16)")
+    p.add_argument(
+        "--format",
+        choices=["table", "jsonl"],
+        default="table",
+        help="output format (default: table)",
+    )
+
+    p = sub.add_parser("compare", help="the comparison runner over several methods")
+    p.add_argument("--output", "-o", type=Path, required=True, help="directory to write")
+    p.add_argument(
+        "--methods",
+        nargs="+",
+        default=list(DEMO_METHODS),
+        choices=sorted(METHODS),
+        metavar="METHOD",
+        help=f"methods (default: {' '.join(DEMO_METHODS)})",
+    )
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds (default: 0)")
+    p.add_argument(
+        "--num-samples",
+        type=int,
+        nargs="+",
+        default=[1, 2, 4, 8, 16],
+        help="posterior sample counts (default: 1 2 4 8 16)",
+    )
+    p.add_argument("--members", type=int, default=5, help="ensemble size (default: 5)")
+    p.add_argument("--no-resume", action="store_true", help="redo finished methods")
+    _common_training_options(p, methods=False)
+
+    p = sub.add_parser("demo", help="LoRA vs MC dropout vs BaLoRA on the offline text task")
+    p.add_argument(
+        "--output",
+        "-o",
+        type=Path,
+        default=Path("runs/demo"),
+        help="directory to write (default: runs/demo)",
+    )
+    p.add_argument(
+        "--quick", action="store_true", help="a tiny budget (a smoke test, not a result)"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # no weight-loading reports
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from transformers.utils import logging as hf_logging
+
+    from balora import commands  # heavy imports only once the options parse
+
+    hf_logging.disable_progress_bar()
+
+    try:
+        return getattr(commands, args.command)(args)
+    except UserError as e:
+        print(f"balora {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError, KeyError) as e:
+        message = e.args[0] if e.args else str(e)
+        print(f"balora {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"balora {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def adapter_config(args: argparse.Namespace, targets: Sequence[str], heads: Sequence[str]):
+    """The adapter config from the options, with the recipe's default targets / head."""
+    return dataclass_from_args(
+        BaLoRAConfig,
+        args,
+        target_modules=tuple(args.target_modules or targets),
+        modules_to_save=tuple(args.modules_to_save if args.modules_to_save is not None else heads),
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,261 @@
+"""What each ``balora`` command does (the parser is in `balora.cli`)."""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from balora.argparsing import dataclass_from_args
+from balora.cli import DEMO_METHODS, UserError, adapter_config
+from balora.config import BaLoRAConfig
+from balora.experiments import compare as run_comparison
+from balora.experiments.evaluate import classification_evaluation
+from balora.experiments.runner import predict_data
+from balora.io import write_json
+from balora.methods import Data, Method, TrainConfig, make_method
+from balora.recipes.common import (
+    RUN_FILE,
+    load_method_weights,
+    read_run,
+    run_record,
+    save_method_weights,
+)
+from balora.recipes.text import (
+    TextTaskConfig,
+    encode_texts,
+    load_text_backbone,
+    load_text_data,
+    load_text_task,
+)
+from balora.tasks.text import load_text_file
+
+EVAL_BATCH = 128
+
+
+def _method_options(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    return {"members": args.members} if name == "ensemble" and hasattr(args, "members") else {}
+
+
+def train(args: argparse.Namespace) -> int:
+    task_cfg = dataclass_from_args(TextTaskConfig, args)
+    train_cfg = dataclass_from_args(TrainConfig, args)
+    task = load_text_task(task_cfg)
+    adapter = adapter_config(args, task.target_modules, task.modules_to_save)
+    method = make_method(
+        args.method,
+        task.model_factory,
+        "classification",
+        adapter=adapter,
+        train=train_cfg,
+        seed=args.seed,
+    )
+    print(
+        f"training {args.method} on {len(task.train)} examples "
+        f"({len(task.val)} validation), labels {task.label_names}"
+    )
+    report = method.fit(task.train, task.val)
+    pred = predict_data(
+        method, task.val, 16 if method.stochastic else 0, seed=0, batch_size=EVAL_BATCH
+    )
+    val_metrics, _ = classification_evaluation(pred, task.val.targets)
+    out: Path = args.output
+    out.mkdir(parents=True, exist_ok=True)
+    save_method_weights(method, out)
+    write_json(
+        out / RUN_FILE,
+        run_record(
+            task="text",
+            method=args.method,
+            seed=args.seed,
+            data=asdict(task_cfg),
+            adapter=adapter.to_dict(),
+            train=asdict(train_cfg),
+            label_names=task.label_names,
+            history=report.history,
+            best_epoch=report.best_epoch,
+            train_seconds=report.train_seconds,
+            trainable_parameters=method.trainable_parameters(),
+            validation=val_metrics,
+        ),
+    )
+    print(
+        f"validation: accuracy {val_metrics['accuracy']:.4f}, ECE {val_metrics['ece']:.4f}, "
+        f"NLL {val_metrics['nll']:.4f} (S={pred.num_samples}); wrote {out}"
+    )
+    return 0
+
+
+def _load_trained(run_dir: Path) -> tuple[dict[str, Any], Method, Any, TextTaskConfig]:
+    run = read_run(run_dir)
+    if run["task"] != "text":
+        raise UserError(f"{run_dir} holds a {run['task']!r} run; only 'text' runs are supported")
+    task_cfg = TextTaskConfig(**run["data"])
+    model, tokenizer, _, _ = load_text_backbone(task_cfg, run["label_names"])
+    method = make_method(
+        run["method"],
+        lambda: copy.deepcopy(model),
+        "classification",
+        adapter=BaLoRAConfig.from_dict(run["adapter"]),
+        train=TrainConfig(**run["train"]),
+        seed=run["seed"],
+    )
+    load_method_weights(method, run_dir)
+    return run, method, tokenizer, task_cfg
+
+
+def predict(args: argparse.Namespace) -> int:
+    texts = list(args.texts)
+    if args.file is not None:
+        if not args.file.is_file():
+            raise UserError(f"no such file: {args.file}")
+        texts += [line.strip() for line in args.file.read_text().splitlines() if line.strip()]
+    if not texts:
+        raise UserError("give texts to classify, or --file with one text per line")
+    if args.num_samples < 0:
+        raise UserError(f"--num-samples must be >= 0, got {args.num_samples}")
+    run, method, tokenizer, task_cfg = _load_trained(args.run)
+    inputs = encode_texts(tokenizer, texts, task_cfg.max_length)
+    data = Data(inputs, torch.zeros(len(texts), dtype=torch.long))
+    pred = predict_data(method, data, args.num_samples, seed=0, batch_size=EVAL_BATCH)
+    names = run["label_names"]
+    rows = []
+    for i, text in enumerate(texts):
+        k = int(pred.mean[i].argmax())
+        rows.append(
+            {
+                "text": text,
+                "label": names[k],
+                "probability": round(float(pred.mean[i, k]), 4),
+                "total": round(float(pred.total[i]), 4),
+                "aleatoric": round(float(pred.aleatoric[i]), 4),
+                "epistemic": round(float(pred.epistemic[i]), 5),
+            }
+        )
+    if args.format == "jsonl":
+        for row in rows:
+            print(json.dumps(row))
+    else:
+        print(_table(rows, ["label", "probability", "total", "aleatoric", "epistemic", "text"]))
+    return 0
+
+
+def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    def cell(value: Any, col: str) -> str:
+        text = str(value)
+        return text if col != "text" or len(text) <= 60 else text[:57] + "..."
+
+    cells = [[cell(r[c], c) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    if any(s < 0 for s in args.num_samples):
+        raise UserError(f"--num-samples must be >= 0, got {args.num_samples}")
+    run = read_run(args.run)
+    task_cfg = TextTaskConfig(**run["data"])
+    if args.data is not None:  # read the data before loading the model: fail fast
+        data = load_text_file(
+            args.data,
+            args.text_column or task_cfg.text_column,
+            args.label_column or task_cfg.label_column,
+            label_names=run["label_names"],
+            val_fraction=0.0,
+            test_fraction=0.0,
+        ).train  # every row of the file
+    else:
+        data = load_text_data(task_cfg).test
+    run, method, tokenizer, task_cfg = _load_trained(args.run)
+    test = Data(
+        encode_texts(tokenizer, data.texts, task_cfg.max_length),
+        torch.tensor(data.labels, dtype=torch.long),
+    )
+    counts = sorted({0, *args.num_samples}) if method.stochastic else [0]
+    results = {}
+    for s in counts:
+        start = time.perf_counter()
+        pred = predict_data(method, test, s, seed=0, batch_size=EVAL_BATCH)
+        metrics, reasons = classification_evaluation(pred, test.targets)
+        metrics["seconds"] = time.perf_counter() - start
+        results[str(s)] = {"metrics": metrics, "undefined": reasons}
+    out: Path = args.output or args.run / "eval"
+    write_json(
+        out / "metrics.json",
+        run_record(run=str(args.run), method=run["method"], examples=len(test), by_samples=results),
+    )
+    best = results[str(counts[-1])]["metrics"]
+    print(
+        f"{run['method']} on {len(test)} examples (S={counts[-1]}): accuracy "
+        f"{best['accuracy']:.4f}, ECE {best['ece']:.4f}, NLL {best['nll']:.4f}, "
+        f"Brier {best['brier']:.4f}; wrote {out / 'metrics.json'}"
+    )
+    return 0
+
+
+def compare(args: argparse.Namespace) -> int:
+    task_cfg = dataclass_from_args(TextTaskConfig, args)
+    train_cfg = dataclass_from_args(TrainConfig, args)
+    task = load_text_task(task_cfg)
+    adapter = adapter_config(args, task.target_modules, task.modules_to_save)
+    methods = [(m, _method_options(m, args)) for m in args.methods]
+    results = run_comparison(
+        task.model_factory,
+        task.train,
+        task.val,
+        task.test,
+        methods,
+        adapter=adapter,
+        train_config=train_cfg,
+        seeds=tuple(args.seeds),
+        num_samples=tuple(args.num_samples),
+        output_dir=args.output,
+        resume=not args.no_resume,
+    )
+    print(results.markdown())
+    return 0
+
+
+# The demo's budget: ~N minutes on 2 CPU cores (see README).
+DEMO_TASK = {"max_train": 2000, "max_eval": 500, "max_length": 48}
+DEMO_TRAIN = {"epochs": 2, "batch_size": 32, "lr": 1e-3}
+DEMO_SAMPLES = (1, 2, 4, 8)
+QUICK_TASK = {"max_train": 64, "max_eval": 32, "max_length": 24}
+QUICK_TRAIN = {"epochs": 1, "batch_size": 16, "lr": 1e-3}
+
+
+def demo(args: argparse.Namespace) -> int:
+    start = time.perf_counter()
+    task_cfg = TextTaskConfig(**(QUICK_TASK if args.quick else DEMO_TASK))
+    train_cfg = TrainConfig(**(QUICK_TRAIN if args.quick else DEMO_TRAIN))
+    task = load_text_task(task_cfg)
+    adapter = BaLoRAConfig(target_modules=task.target_modules, modules_to_save=task.modules_to_save)
+    print(
+        f"balora demo: {', '.join(DEMO_METHODS)} on Rotten Tomatoes "
+        f"({len(task.train)} train / {len(task.val)} validation / {len(task.test)} test "
+        "snippets), all-MiniLM-L6-v2, query/value adapters"
+    )
+    results = run_comparison(
+        task.model_factory,
+        task.train,
+        task.val,
+        task.test,
+        list(DEMO_METHODS),
+        adapter=adapter,
+        train_config=train_cfg,
+        seeds=(0,),
+        num_samples=(1, 2) if args.quick else DEMO_SAMPLES,
+        output_dir=args.output,
+        resume=False,
+    )
+    print(results.markdown())
+    print(f"wrote {args.output} in {time.perf_counter() - start:.0f} s")
+    return 0

@@ -1,0 +1,691 @@
+"""The comparison runner: every method × seed with one budget, evaluated at every S, resumable.
+
+    compare(model_factory, train, val, test, methods, adapter=..., train_config=..., ...)
+      for each (method, seed):                      ── skipped when already on disk (resume)
+        seed torch / numpy / random; make_method(...).fit(train, val)
+            (model selection on validation only; test and OOD data are not touched)
+        evaluate on test (and OOD) at S = 0 (posterior mean), S_1 < ... < S_max
+            (a method that does not sample: once, valid for every S)
+        α(x) per layer over the test set (methods that sample α)
+        write runs/<method>__seed<k>.json + arrays/<method>__seed<k>.npz, then results.json/md
+      plots (plots.py) from results.json and the arrays
+
+Each run's JSON carries a fingerprint of the run configuration (data, model, adapter, budget,
+S, task, device) plus its method options and seed; a rerun with ``resume=True`` reuses the runs
+whose fingerprint matches and refuses (`StaleResultsError`) to mix in runs made under another
+configuration.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import hashlib
+import json
+import os
+import random
+import re
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+import balora
+from balora.config import BaLoRAConfig
+from balora.experiments.evaluate import (
+    alpha_values,
+    classification_evaluation,
+    regression_evaluation,
+    regression_std,
+)
+from balora.experiments.measure import PeakMemoryMeter, Stopwatch
+from balora.experiments.results import (
+    RESULTS_JSON,
+    RESULTS_MD,
+    AlphaSummary,
+    Evaluation,
+    MethodRun,
+    PeakMemory,
+    Results,
+    write_npz,
+)
+from balora.inject import get_adapter, has_adapter, last_alpha
+from balora.io import write_json
+from balora.methods import METHODS, Data, Method, TrainConfig, make_method
+from balora.methods.base import ModelFactory, Task
+from balora.predict import Prediction, model_output
+
+DEFAULT_NUM_SAMPLES: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
+RUNS_DIR = "runs"
+ARRAYS_DIR = "arrays"
+PLOT_FILES = ("reliability.png", "uncertainty_vs_error.png", "metrics_vs_samples.png", "alpha.png")
+
+# Config entries that do not enter the fingerprint: a rerun may rename the comparison, add
+# methods or add seeds and still reuse the runs already done.
+_NOT_FINGERPRINTED = ("name", "methods", "seeds")
+
+# Streams of the prediction seeds (test, OOD, validation, α pass).
+_TEST, _OOD, _VAL, _ALPHA = range(4)
+
+
+class StaleResultsError(ValueError):
+    """The output folder holds results made under another run configuration."""
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """One entry of a comparison: a method name (see `balora.methods.METHODS`), its
+    constructor options and its label in the results.
+
+    The option ``adapter`` may hold changes to the comparison's adapter config for this method
+    alone (a dict of `BaLoRAConfig` fields, or a whole `BaLoRAConfig`), e.g.
+    ``MethodSpec("balora", {"adapter": {"kl_reduction": "layer"}}, label="balora-layer-kl")``.
+    """
+
+    name: str
+    options: dict[str, Any] = field(default_factory=dict)
+    label: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.name not in METHODS:
+            raise ValueError(f"unknown method {self.name!r}; available: {sorted(METHODS)}")
+        if not isinstance(self.options, Mapping):
+            raise TypeError(f"options of {self.name!r} must be a dict, got {self.options!r}")
+        object.__setattr__(self, "options", _jsonable(dict(self.options), f"{self.name} options"))
+
+    @classmethod
+    def parse(cls, entry: str | tuple[str, Mapping[str, Any]] | MethodSpec) -> MethodSpec:
+        """Accept ``"name"``, ``("name", {options})`` or a `MethodSpec`."""
+        if isinstance(entry, MethodSpec):
+            return entry
+        if isinstance(entry, str):
+            return cls(entry)
+        if isinstance(entry, tuple) and len(entry) == 2 and isinstance(entry[0], str):
+            return cls(entry[0], dict(entry[1]))
+        raise TypeError(
+            f"a method must be a name, a (name, options) tuple or a MethodSpec, got {entry!r}"
+        )
+
+    def adapter_for(self, base: BaLoRAConfig) -> BaLoRAConfig:
+        changes = self.options.get("adapter")
+        return base if changes is None else base.replace(**changes)
+
+    def constructor_options(self) -> dict[str, Any]:
+        return {k: v for k, v in self.options.items() if k != "adapter"}
+
+
+def _jsonable(value: Any, what: str) -> Any:
+    """`value` as plain JSON types (configs become dicts); anything else is an error, because
+    options go into results.json and into the resume fingerprint."""
+    if isinstance(value, BaLoRAConfig):
+        return value.to_dict()
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v, what) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v, what) for v in value]
+    raise TypeError(
+        f"{what} must be JSON-serialisable (numbers, strings, lists, dicts, BaLoRAConfig) for "
+        f"results.json and the resume fingerprint, got {type(value).__name__}: {value!r}"
+    )
+
+
+def resolve_methods(entries: Sequence[Any]) -> list[MethodSpec]:
+    """Parse the method entries and give each a unique label: its name, or, when two entries
+    share a name, the name followed by its options (``ensemble[members=3]``)."""
+    if isinstance(entries, str | MethodSpec) or not entries:
+        raise ValueError(f"methods must be a non-empty list of methods, got {entries!r}")
+    specs = [MethodSpec.parse(e) for e in entries]
+    counts: dict[str, int] = {}
+    for s in specs:
+        counts[s.name] = counts.get(s.name, 0) + 1
+    out = []
+    for s in specs:
+        if s.label is None:
+            label = s.name
+            if counts[s.name] > 1 and s.options:
+                opts = ",".join(
+                    f"{k}={json.dumps(v, sort_keys=True)}" for k, v in sorted(s.options.items())
+                )
+                label = f"{s.name}[{opts}]"
+            s = dataclasses.replace(s, label=label)
+        out.append(s)
+    # labels name the run files too, so they must stay distinct once made file-safe
+    labels = [_slug(s.label) for s in out]
+    dupes = sorted({x for x in labels if labels.count(x) > 1})
+    if dupes:
+        raise ValueError(f"methods must have unique labels; repeated: {dupes} (give each a label)")
+    return out
+
+
+# ── fingerprints ────────────────────────────────────────────────────────────────────────────
+
+
+def _hash(data: Any) -> str:
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"), allow_nan=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _tensors(data: Data) -> dict[str, Tensor]:
+    """Every tensor of `data` by name: ``inputs`` (or ``inputs.<key>``) and ``targets``."""
+    if isinstance(data.inputs, Tensor):
+        named = {"inputs": data.inputs}
+    else:
+        named = {f"inputs.{k}": v for k, v in data.inputs.items()}
+    return {**named, "targets": data.targets}
+
+
+def data_fingerprint(data: Data) -> dict[str, Any]:
+    """Size, shapes, dtypes and a content hash of a `Data` (every byte of every tensor)."""
+    h = hashlib.blake2b(digest_size=16)
+    shapes = {}
+    for key, t in sorted(_tensors(data).items()):
+        if not isinstance(t, Tensor):
+            continue
+        t = t.detach().to("cpu").contiguous()
+        shapes[key] = [list(t.shape), str(t.dtype).removeprefix("torch.")]
+        h.update(f"{key}{list(t.shape)}{t.dtype}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().data if t.numel() else b"")
+    return {"n": len(data), "tensors": shapes, "checksum": h.hexdigest()}
+
+
+def model_fingerprint(model: nn.Module, model_factory: ModelFactory) -> dict[str, Any]:
+    """What the factory built: its name, the model class, the parameter count and a checksum
+    of the parameters."""
+    summary = []
+    count = 0
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            count += p.numel()
+            p64 = p.detach().double()
+            summary.append(
+                [name, list(p.shape), f"{float(p64.sum()):.9e}", f"{float(p64.abs().sum()):.9e}"]
+            )
+    factory_name = getattr(model_factory, "__qualname__", type(model_factory).__qualname__)
+    return {
+        "factory": f"{getattr(model_factory, '__module__', '?')}.{factory_name}",
+        "class": f"{type(model).__module__}.{type(model).__qualname__}",
+        "parameters": count,
+        "checksum": _hash(summary),
+    }
+
+
+def _inspect_model(model_factory: ModelFactory, train: Data) -> dict[str, Any]:
+    """Build the base model once (torch RNG seeded with 0 and restored afterwards, so a randomly
+    initialised model is described reproducibly), fingerprint it, and warm up with one
+    forward / backward pass and optimiser step on a few training examples, so that one-off costs
+    (lazy imports and initialisation, allocator growth) do not land in the first run's timing."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = model_factory()
+        info = model_fingerprint(model, model_factory)
+        model.train()
+        out = model_output(model, train.select(slice(0, min(8, len(train)))).inputs)
+        if out.requires_grad:
+            out.float().sum().backward()
+            torch.optim.AdamW(p for p in model.parameters() if p.requires_grad).step()
+    del model, out
+    return info
+
+
+def fingerprint_of(config: Mapping[str, Any]) -> str:
+    """The hash of a run configuration, leaving out what a rerun may change (name, methods,
+    seeds)."""
+    return _hash({k: v for k, v in config.items() if k not in _NOT_FINGERPRINTED})
+
+
+def _run_fingerprint(config_fingerprint: str, spec: MethodSpec, seed: int) -> str:
+    return _hash([config_fingerprint, spec.name, spec.options, seed])
+
+
+def _diff(old: Any, new: Any, prefix: str = "") -> list[str]:
+    if isinstance(old, Mapping) and isinstance(new, Mapping):
+        out = []
+        for key in sorted(set(old) | set(new), key=str):
+            path = f"{prefix}.{key}" if prefix else str(key)
+            if key not in old:
+                out.append(f"{path}: (absent) -> {new[key]!r}")
+            elif key not in new:
+                out.append(f"{path}: {old[key]!r} -> (absent)")
+            else:
+                out += _diff(old[key], new[key], path)
+        return out
+    return [] if old == new else [f"{prefix}: {old!r} -> {new!r}"]
+
+
+# ── running ─────────────────────────────────────────────────────────────────────────────────
+
+
+def _device_of(data: Data) -> torch.device:
+    for t in _tensors(data).values():
+        if isinstance(t, Tensor):
+            return t.device
+    return torch.device("cpu")
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)  # noqa: NPY002 (the global RNG, for code that draws from it)
+    torch.manual_seed(seed)
+
+
+def _stream_seed(seed: int, stream: int, index: int) -> int:
+    """A distinct, reproducible sampling seed per (run seed, data stream, batch)."""
+    return int(np.random.SeedSequence([seed, stream, index]).generate_state(1)[0])
+
+
+def _concat(preds: list[Prediction]) -> Prediction:
+    if len(preds) == 1:
+        return preds[0]
+    first = preds[0]
+    return Prediction(
+        task=first.task,
+        mean=torch.cat([p.mean for p in preds]),
+        total=torch.cat([p.total for p in preds]),
+        aleatoric=torch.cat([p.aleatoric for p in preds]),
+        epistemic=torch.cat([p.epistemic for p in preds]),
+        num_samples=first.num_samples,
+    )
+
+
+def predict_data(
+    method: Method, data: Data, num_samples: int, seed: int, batch_size: int, stream: int = 0
+) -> Prediction:
+    """`method.predict` over `data` in batches of `batch_size`, each batch with its own seed."""
+    preds = [
+        method.predict(batch.inputs, num_samples, seed=_stream_seed(seed, stream, i))
+        for i, batch in enumerate(data.batches(batch_size))
+    ]
+    return _concat(preds)
+
+
+def collect_alpha(
+    method: Method, data: Data, seed: int, batch_size: int
+) -> dict[str, np.ndarray] | None:
+    """α(x) of every adapted layer over `data` from one sampling pass (S = 1), or None when the
+    method does not sample α (no adapter, ``noise="none"``, or a method that does not sample)."""
+    model = method.model
+    if not method.stochastic or model is None or not has_adapter(model):
+        return None
+    layers = get_adapter(model).layers.values()
+    records = []
+    for i, batch in enumerate(data.batches(batch_size)):
+        for layer in layers:  # no stale α from an earlier pass
+            layer.last_alpha = None
+        method.predict(batch.inputs, 1, seed=_stream_seed(seed, _ALPHA, i))
+        alpha = last_alpha(model)
+        if not alpha:
+            return None
+        records.append(alpha)
+    return alpha_values(records)
+
+
+def _evaluate(
+    task: Task,
+    pred: Prediction,
+    targets: Tensor,
+    ood: Prediction | None,
+    noise_variance: float,
+) -> tuple[dict[str, float | None], dict[str, str]]:
+    if task == "classification":
+        return classification_evaluation(pred, targets, ood)
+    return regression_evaluation(pred, targets, ood, noise_variance)
+
+
+def _arrays(
+    task: Task,
+    pred: Prediction,
+    targets: Tensor,
+    ood: Prediction | None,
+    noise_variance: float,
+) -> dict[str, np.ndarray]:
+    """Per-example arrays of one evaluation, for the plots (float32)."""
+
+    def f32(t: Tensor) -> np.ndarray:
+        return t.detach().to("cpu", torch.float32).reshape(t.shape[0], -1).squeeze(-1).numpy()
+
+    out = {
+        "total": f32(pred.total),
+        "aleatoric": f32(pred.aleatoric),
+        "epistemic": f32(pred.epistemic),
+    }
+    if task == "classification":
+        out["probs"] = pred.mean.detach().to("cpu", torch.float32).numpy()
+        out["labels"] = targets.detach().cpu().numpy().astype(np.int64)
+    else:
+        out["mean"] = f32(pred.mean)
+        out["target"] = targets.detach().to("cpu", torch.float32).reshape(out["mean"].shape).numpy()
+        out["std"] = (
+            regression_std(pred, noise_variance).astype(np.float32).reshape(out["mean"].shape)
+        )
+    if ood is not None:
+        out["ood_total"] = f32(ood.total)
+        out["ood_epistemic"] = f32(ood.epistemic)
+    return out
+
+
+def _noise_variance(method: Method, val: Data, s: int, seed: int, batch_size: int) -> float:
+    """The homoscedastic noise variance of a regression method without a noise model (its
+    prediction's aleatoric part is 0: a plain mean head), matched on validation data:
+    σ² = max(mean (y − μ)² − mean epistemic, 1e-12). 0 for methods that predict an aleatoric
+    variance themselves (e.g. Laplace's σ²)."""
+    pred = predict_data(method, val, s, seed, batch_size, _VAL)
+    if bool((pred.aleatoric != 0).any()):
+        return 0.0
+    target = val.targets.reshape(-1).to(pred.mean.device, torch.float64)
+    residual = pred.mean.reshape(-1).double() - target
+    return max(float((residual**2).mean() - pred.epistemic.double().mean()), 1e-12)
+
+
+@dataclass
+class _Context:
+    """What every run of one comparison shares."""
+
+    model_factory: ModelFactory
+    train: Data
+    val: Data
+    test: Data
+    ood: Data | None
+    task: Task
+    gaussian: bool
+    adapter: BaLoRAConfig
+    train_config: TrainConfig
+    num_samples: list[int]
+    eval_batch_size: int
+    device: torch.device
+    fingerprint: str
+    output_dir: Path
+    progress: bool
+
+
+def _slug(label: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.=-]+", "-", label).strip("-") or "method"
+
+
+def _run_path(out: Path, spec: MethodSpec, seed: int) -> Path:
+    return out / RUNS_DIR / f"{_slug(spec.label or spec.name)}__seed{seed}.json"
+
+
+def _make(ctx: _Context, spec: MethodSpec, seed: int) -> Method:
+    return make_method(
+        spec.name,
+        ctx.model_factory,
+        ctx.task,
+        adapter=spec.adapter_for(ctx.adapter),
+        train=ctx.train_config,
+        gaussian=ctx.gaussian,
+        seed=seed,
+        **spec.constructor_options(),
+    )
+
+
+def _run_one(ctx: _Context, spec: MethodSpec, seed: int) -> tuple[MethodRun, dict[str, np.ndarray]]:
+    """Train one method with one seed and evaluate it; returns the run and its arrays."""
+    _seed_everything(seed)
+    method = _make(ctx, spec, seed)
+    meter = PeakMemoryMeter(ctx.device)
+    meter.start()
+    with Stopwatch(ctx.device) as fit_time:
+        report = method.fit(ctx.train, ctx.val)  # the only look at data: train and val
+    train_bytes = meter.stop()
+
+    # The method is fixed from here on; the test (and OOD) data are used for evaluation only.
+    bs = ctx.eval_batch_size
+    method.predict(ctx.test.select(slice(0, min(len(ctx.test), bs))).inputs, 1, seed=0)  # warm-up
+    plan: list[int | None] = [0, *ctx.num_samples] if method.stochastic else [None]
+    evaluations, arrays = [], {}
+    meter.start()
+    bar = tqdm(plan, desc=f"evaluate {spec.label}", leave=False, disable=not ctx.progress)
+    for s in bar:
+        s_eff = 0 if s is None else s
+        with Stopwatch(ctx.device) as predict_time:
+            pred = predict_data(method, ctx.test, s_eff, seed, bs, _TEST)
+        ood_pred = None
+        if ctx.ood is not None:
+            ood_pred = predict_data(method, ctx.ood, s_eff, seed, bs, _OOD)
+        noise = 0.0
+        if ctx.task == "regression" and not ctx.gaussian:
+            noise = _noise_variance(method, ctx.val, s_eff, seed, bs)
+        metrics, undefined = _evaluate(ctx.task, pred, ctx.test.targets, ood_pred, noise)
+        evaluations.append(Evaluation(s, metrics, predict_time.seconds, undefined))
+        if s is None or s == ctx.num_samples[-1]:
+            arrays = _arrays(ctx.task, pred, ctx.test.targets, ood_pred, noise)
+    predict_bytes = meter.stop()
+
+    alpha = collect_alpha(method, ctx.test, seed, bs)
+    adapter = spec.adapter_for(ctx.adapter)
+    run_path = _run_path(ctx.output_dir, spec, seed)
+    run = MethodRun(
+        method=spec.label or spec.name,
+        name=spec.name,
+        options=spec.options,
+        seed=seed,
+        stochastic=method.stochastic,
+        fingerprint=_run_fingerprint(ctx.fingerprint, spec, seed),
+        train_seconds=fit_time.seconds,
+        trainable_parameters=method.trainable_parameters(),
+        steps=report.steps,
+        best_epoch=report.best_epoch,
+        history=[dict(h) for h in report.history],
+        peak_memory=PeakMemory(meter.kind, train_bytes, predict_bytes),
+        evaluations=evaluations,
+        alpha=None if alpha is None else {k: AlphaSummary.of(v) for k, v in alpha.items()},
+        prior_alpha=None if alpha is None else adapter.prior_alpha,
+        arrays=f"{ARRAYS_DIR}/{run_path.stem}.npz",
+    )
+    del method
+    if ctx.device.type == "cuda":  # give the memory back before the next run is measured
+        gc.collect()
+        torch.cuda.empty_cache()
+    return run, arrays
+
+
+def _check_positive_ints(name: str, values: Sequence[int], minimum: int) -> list[int]:
+    if isinstance(values, int | str) or not values:
+        raise ValueError(f"{name} must be a non-empty sequence of integers, got {values!r}")
+    out = []
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < minimum:
+            raise ValueError(f"{name} entries must be integers >= {minimum}, got {v!r}")
+        out.append(int(v))
+    if len(set(out)) != len(out):
+        raise ValueError(f"{name} has repeated entries: {list(values)}")
+    return out
+
+
+def _load_previous(out: Path) -> dict[str, Any] | None:
+    path = out / RESULTS_JSON
+    if not path.is_file():
+        return None
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _clear(out: Path) -> int:
+    """Remove the files a comparison writes (and nothing else); return how many runs there were."""
+    runs = sorted((out / RUNS_DIR).glob("*.json")) if (out / RUNS_DIR).is_dir() else []
+    arrays = sorted((out / ARRAYS_DIR).glob("*.npz")) if (out / ARRAYS_DIR).is_dir() else []
+    for path in [*runs, *arrays, *(out / f for f in (RESULTS_JSON, RESULTS_MD, *PLOT_FILES))]:
+        path.unlink(missing_ok=True)
+    return len(runs)
+
+
+def compare(
+    model_factory: ModelFactory,
+    train: Data,
+    val: Data,
+    test: Data,
+    methods: Sequence[str | tuple[str, Mapping[str, Any]] | MethodSpec],
+    *,
+    task: Task = "classification",
+    gaussian: bool = False,
+    adapter: BaLoRAConfig,
+    train_config: TrainConfig,
+    seeds: Sequence[int] = (0,),
+    num_samples: Sequence[int] = DEFAULT_NUM_SAMPLES,
+    ood: Data | None = None,
+    output_dir: str | os.PathLike[str],
+    resume: bool = True,
+    progress: bool = True,
+    name: str | None = None,
+    eval_batch_size: int = 256,
+    plots: bool = True,
+) -> Results:
+    """Train and evaluate every method with every seed under one budget; write the results.
+
+    Args:
+        model_factory: returns a fresh base model (on the device of the data) at every call.
+        train, val, test: the data; training sees `train`, model selection (best epoch by
+            validation NLL) sees `val`; `test` is used only once a method is fixed.
+        methods: method names (`balora.methods.METHODS`), ``(name, options)`` tuples or
+            `MethodSpec` entries; options go to the method's constructor.
+        task, gaussian: the task; ``gaussian=True``: the regression head outputs
+            (mean, log-variance).
+        adapter, train_config: the adapter config and the budget shared by every method.
+        seeds: one run per method and seed.
+        num_samples: the S at which sampling methods are evaluated (the posterior mean,
+            S = 0, is evaluated too); methods that do not sample are evaluated once.
+        ood: inputs unlike the training data (targets unused) for OOD-detection metrics.
+        output_dir: where results.json, results.md, the plots, runs/ and arrays/ go.
+        resume: reuse the runs already in `output_dir` (a `StaleResultsError` if they were made
+            under another configuration); ``False`` deletes them and starts again.
+        progress: progress bars (over method × seed and over the evaluations).
+        name: the comparison's name (default: the folder's name).
+        eval_batch_size: examples per prediction call.
+        plots: draw the PNG plots at the end.
+
+    Returns:
+        The `Results`, also written to ``output_dir/results.json``.
+    """
+    if task not in ("classification", "regression"):
+        raise ValueError(f"task must be 'classification' or 'regression', got {task!r}")
+    if gaussian and task != "regression":
+        raise ValueError("gaussian=True is for task='regression'")
+    if not isinstance(adapter, BaLoRAConfig):
+        raise TypeError(f"adapter must be a BaLoRAConfig, got {type(adapter).__name__}")
+    if not isinstance(train_config, TrainConfig):
+        raise TypeError(f"train_config must be a TrainConfig, got {type(train_config).__name__}")
+    if (
+        isinstance(eval_batch_size, bool)
+        or not isinstance(eval_batch_size, int)
+        or eval_batch_size < 1
+    ):
+        raise ValueError(f"eval_batch_size must be a positive integer, got {eval_batch_size!r}")
+    specs = resolve_methods(methods)
+    seed_list = _check_positive_ints("seeds", seeds, 0)
+    s_list = sorted(_check_positive_ints("num_samples", num_samples, 1))
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    name = name or out.resolve().name
+    train_config = dataclasses.replace(train_config, progress=progress and train_config.progress)
+    device = _device_of(test)
+
+    budget = {k: v for k, v in dataclasses.asdict(train_config).items() if k != "progress"}
+    data = {"train": train, "val": val, "test": test, "ood": ood}
+    config = {
+        "name": name,
+        "task": task,
+        "gaussian": gaussian,
+        "methods": [{"label": s.label, "name": s.name, "options": s.options} for s in specs],
+        "seeds": seed_list,
+        "num_samples": s_list,
+        "adapter": adapter.to_dict(),
+        "train": budget,
+        "eval_batch_size": eval_batch_size,
+        "device": device.type,
+        "data": {k: None if d is None else data_fingerprint(d) for k, d in data.items()},
+        "model": _inspect_model(model_factory, train),
+    }
+    fingerprint = fingerprint_of(config)
+    ctx = _Context(
+        model_factory=model_factory,
+        train=train,
+        val=val,
+        test=test,
+        ood=ood,
+        task=task,
+        gaussian=gaussian,
+        adapter=adapter,
+        train_config=train_config,
+        num_samples=s_list,
+        eval_batch_size=eval_batch_size,
+        device=device,
+        fingerprint=fingerprint,
+        output_dir=out,
+        progress=progress,
+    )
+    for spec in specs:  # fail on bad options or unsupported combinations before any training
+        _make(ctx, spec, seed_list[0])
+
+    previous = _load_previous(out)
+    if not resume:
+        removed = _clear(out)
+        if removed:
+            warnings.warn(f"resume=False: deleted {removed} finished run(s) in {out}", stacklevel=2)
+    elif previous is not None and previous.get("fingerprint") != fingerprint:
+        old = {k: v for k, v in previous.get("config", {}).items() if k not in _NOT_FINGERPRINTED}
+        new = {k: v for k, v in config.items() if k not in _NOT_FINGERPRINTED}
+        changes = "; ".join(_diff(old, new)[:12]) or "(the stored results have another format)"
+        raise StaleResultsError(
+            f"{out} holds results of another run configuration (fingerprint "
+            f"{previous.get('fingerprint')} != {fingerprint}); changed: {changes}. "
+            "Use another output_dir, or resume=False to delete them and start again."
+        )
+
+    results = Results(
+        name=name,
+        task=task,
+        version=balora.__version__,
+        fingerprint=fingerprint,
+        config=config,
+        methods=[s.label for s in specs],
+        seeds=seed_list,
+        num_samples=s_list,
+        runs=[],
+        has_ood=ood is not None,
+        output_dir=out,
+    )
+    results.save()  # the fingerprint is on disk before the first run starts
+    pairs = [(s, seed) for s in specs for seed in seed_list]
+    bar = tqdm(pairs, desc=f"compare {name}", disable=not progress)
+    for spec, seed in bar:
+        bar.set_postfix(method=spec.label, seed=seed)
+        path = _run_path(out, spec, seed)
+        expected = _run_fingerprint(fingerprint, spec, seed)
+        if resume and path.is_file():
+            with open(path) as f:
+                run = MethodRun.from_dict(json.load(f))
+            if run.fingerprint != expected:
+                raise StaleResultsError(
+                    f"{path} was made under another configuration or other options for "
+                    f"{spec.label!r}; use another output_dir, or resume=False to start again"
+                )
+        else:
+            run, arrays = _run_one(ctx, spec, seed)
+            write_npz(out / run.arrays, arrays)
+            write_json(path, run.to_dict())
+        results.runs.append(run)
+        results.save()
+    bar.close()
+    if plots:
+        from balora.experiments.plots import plot_results
+
+        try:
+            plot_results(results)
+        except Exception as err:  # the results are saved; a plot must not lose them
+            warnings.warn(
+                f"plotting failed ({type(err).__name__}: {err}); the results are saved in "
+                f"{out}; redraw with plot_results(Results.load({str(out)!r}))",
+                stacklevel=2,
+            )
+    return results
