@@ -195,3 +195,13 @@ def test_parser_lists_every_method():
     assert text.method == "lora"
     with pytest.raises(SystemExit):
         parser.parse_args(["train", "-o", "x", "--method", "nope"])
+
+
+def test_quick_demo_runs_end_to_end(tmp_path, capsys):
+    """The demo's code path on the real offline MiniLM and Rotten Tomatoes, at a tiny budget."""
+    assert main(["demo", "--quick", "-o", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    for method in ("lora", "mc_dropout", "balora"):
+        assert f"| {method} |" in out
+    for name in ("results.json", "results.md", "reliability.png", "metrics_vs_samples.png"):
+        assert (tmp_path / name).stat().st_size > 0
