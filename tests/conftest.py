@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -55,3 +58,69 @@ def bert_batch():
     mask = torch.ones_like(ids)
     mask[0, 5:] = 0  # one padded sequence
     return {"input_ids": ids, "attention_mask": mask}
+
+
+# -- tiny causal LMs saved as Hugging Face directories (the multiple-choice recipe) -----------
+
+MC_FIXTURES = Path(__file__).parent / "fixtures" / "multiple_choice"
+
+
+def _word_tokenizer():
+    """A word-level tokenizer over every fixture prompt: "Answer: A" -> [Answer, :, A]."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from balora.tasks.multiple_choice import format_prompt, load_multiple_choice, option_letters
+
+    words: set[str] = set()
+    for path in MC_FIXTURES.glob("*.jsonl"):
+        for example in load_multiple_choice(path.stem.removesuffix("_original"), path=path):
+            words.update(re.findall(r"\w+|[^\w\s]+", format_prompt(example)))
+    letters = option_letters(26)
+    tokens = ["[UNK]", "[PAD]", "</s>", *letters, *sorted(words - set(letters))]
+    backend = Tokenizer(models.WordLevel({t: i for i, t in enumerate(tokens)}, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]", eos_token="</s>"
+    )
+
+
+def _tiny_lm(kind: str, vocab_size: int) -> nn.Module:
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    if kind == "llama":
+        config = LlamaConfig(
+            vocab_size=vocab_size,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=512,
+            pad_token_id=1,
+            bos_token_id=2,
+            eos_token_id=2,
+        )
+        model = LlamaForCausalLM(config)
+    else:
+        config = GPT2Config(vocab_size=vocab_size, n_embd=32, n_layer=2, n_head=4, n_positions=512)
+        model = GPT2LMHeadModel(config)
+    # larger weights than the 0.02 default, so the letters' logits differ visibly
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0.0, 0.2)
+    return model
+
+
+@pytest.fixture(scope="session")
+def model_dirs(tmp_path_factory) -> dict[str, str]:
+    tokenizer = _word_tokenizer()
+    dirs = {}
+    for kind in ("llama", "gpt2"):
+        path = tmp_path_factory.mktemp(kind)
+        _tiny_lm(kind, len(tokenizer)).save_pretrained(path)
+        tokenizer.save_pretrained(path)
+        dirs[kind] = str(path)
+    return dirs

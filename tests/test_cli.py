@@ -205,3 +205,63 @@ def test_quick_demo_runs_end_to_end(tmp_path, capsys):
         assert f"| {method} |" in out
     for name in ("results.json", "results.md", "reliability.png", "metrics_vs_samples.png"):
         assert (tmp_path / name).stat().st_size > 0
+
+
+def test_multiple_choice_train_evaluate_predict(model_dirs, tmp_path, capsys):
+    """The causal-LM multiple-choice recipe through the CLI, on a tiny Llama and ARC fixtures."""
+    from tests.conftest import MC_FIXTURES
+
+    arc_e, arc_c = MC_FIXTURES / "arc_easy.jsonl", MC_FIXTURES / "arc_challenge.jsonl"
+    run = tmp_path / "mc"
+    code = main(
+        [
+            "train",
+            "--task",
+            "multiple-choice",
+            "-o",
+            str(run),
+            "--model",
+            model_dirs["llama"],
+            "--dataset",
+            "arc_easy",
+            "--train-file",
+            str(arc_e),
+            "--validation-file",
+            str(arc_c),
+            "--test-file",
+            str(arc_c),
+            "--epochs",
+            "1",
+            "--batch-size",
+            "2",
+            "--r",
+            "2",
+            "--no-progress",
+        ]
+    )
+    assert code == 0
+    record = json.loads((run / "run.json").read_text())
+    assert record["task"] == "multiple-choice"
+    assert record["label_names"] == ["A", "B", "C", "D", "E"]
+    assert "q_proj" in record["adapter"]["target_modules"]
+    assert main(["evaluate", str(run), "--num-samples", "2", "-o", str(tmp_path / "ev")]) == 0
+    assert (tmp_path / "ev" / "eval.png").stat().st_size > 0
+    capsys.readouterr()
+    code = main(
+        ["predict", str(run), "--file", str(arc_c), "--format", "jsonl", "--num-samples", "2"]
+    )
+    assert code == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(rows) == 3
+    assert all(r["label"] in "ABCDE" for r in rows)
+    assert main(["predict", str(run), "a bare text"]) == 2
+    assert "--file" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_full_demo(tmp_path, capsys):
+    """`balora demo` at its real budget (minutes on 2 cores; run with -m slow)."""
+    assert main(["demo", "-o", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "| balora | 8 |" in out
+    assert (tmp_path / "results.json").is_file()

@@ -1,7 +1,8 @@
 """The ``balora`` command line: train, evaluate, predict, compare, demo.
 
-Options are generated from the typed configs (`BaLoRAConfig`, `TrainConfig`,
-`TextTaskConfig`); their field docstrings are the ``--help`` texts. User errors (a bad path,
+Options are generated from the typed configs (`BaLoRAConfig`, `TrainConfig` and the task's
+config, `TextTaskConfig` or `MultipleChoiceTaskConfig` by ``--task``); their field docstrings
+are the ``--help`` texts. User errors (a bad path,
 column, label or option) end with a one-line message and exit code 2, never a traceback.
 """
 
@@ -16,17 +17,29 @@ from pathlib import Path
 from balora.argparsing import add_dataclass_arguments, dataclass_from_args
 from balora.config import BaLoRAConfig
 from balora.methods import METHODS, TrainConfig
+from balora.recipes.multiple_choice import MultipleChoiceTaskConfig
 from balora.recipes.text import TextTaskConfig
 
 DEMO_METHODS = ("lora", "mc_dropout", "balora")
+TASK_CONFIGS: dict[str, type] = {
+    "text": TextTaskConfig,
+    "multiple-choice": MultipleChoiceTaskConfig,
+}
 
 
 class UserError(Exception):
     """An error in the user's input: printed as one line, exit code 2."""
 
 
-def _common_training_options(parser: argparse.ArgumentParser, *, methods: bool) -> None:
-    add_dataclass_arguments(parser, TextTaskConfig, title="data and backbone")
+def _common_training_options(parser: argparse.ArgumentParser, *, methods: bool, task: str) -> None:
+    parser.add_argument(
+        "--task",
+        default="text",
+        choices=sorted(TASK_CONFIGS),
+        help="text: sequence classification; multiple-choice: a causal LM scores option "
+        "letters (default: text; `--task multiple-choice --help` lists its options)",
+    )
+    add_dataclass_arguments(parser, TASK_CONFIGS[task], title=f"data and backbone ({task})")
     add_dataclass_arguments(
         parser,
         BaLoRAConfig,
@@ -42,7 +55,8 @@ def _common_training_options(parser: argparse.ArgumentParser, *, methods: bool) 
     parser.add_argument("--seed", type=int, default=0, help="seed of the method (default: 0)")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(task: str = "text") -> argparse.ArgumentParser:
+    """The parser; `task` chooses which task config's options `train` and `compare` take."""
     parser = argparse.ArgumentParser(
         prog="balora",
         description="Bayesian low-rank adaptation: fine-tune with calibrated uncertainty.",
@@ -51,11 +65,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train one method; save adapter, config and metrics")
     p.add_argument("--output", "-o", type=Path, required=True, help="run directory to write")
-    _common_training_options(p, methods=True)
+    _common_training_options(p, methods=True, task=task)
 
     p = sub.add_parser("evaluate", help="metrics JSON and plots of a trained run")
     p.add_argument("run", type=Path, help="run directory written by `balora train`")
-    p.add_argument("--data", help="a CSV/JSONL file to evaluate on (default: the run's test split)")
+    p.add_argument(
+        "--data",
+        help="a file to evaluate on: CSV/JSONL for text runs, the dataset's format for "
+        "multiple-choice runs (default: the run's test split)",
+    )
     p.add_argument("--text-column", default=None, help="text column of --data")
     p.add_argument("--label-column", default=None, help="label column of --data")
     p.add_argument(
@@ -69,8 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="label, probability and uncertainty per input")
     p.add_argument("run", type=Path, help="run directory written by `balora train`")
-    p.add_argument("texts", nargs="*", help="texts to classify")
-    p.add_argument("--file", type=Path, help="a text file with one input per line")
+    p.add_argument("texts", nargs="*", help="texts to classify (text runs)")
+    p.add_argument(
+        "--file",
+        type=Path,
+        help="text runs: a file with one input per line; multiple-choice runs: a file of "
+        "questions in the dataset's format",
+    )
     p.add_argument("--num-samples", type=int, default=16, help="posterior samples (default: 16)")
     p.add_argument(
         "--format",
@@ -99,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--members", type=int, default=5, help="ensemble size (default: 5)")
     p.add_argument("--no-resume", action="store_true", help="redo finished methods")
-    _common_training_options(p, methods=False)
+    _common_training_options(p, methods=False, task=task)
 
     p = sub.add_parser("demo", help="LoRA vs MC dropout vs BaLoRA on the offline text task")
     p.add_argument(
@@ -117,8 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # no weight-loading reports
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--task", choices=sorted(TASK_CONFIGS), default="text")
+    known, _ = pre.parse_known_args(argv)
+    args = build_parser(known.task).parse_args(argv)
     from transformers.utils import logging as hf_logging
 
     from balora import commands  # heavy imports only once the options parse

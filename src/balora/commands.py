@@ -13,10 +13,11 @@ from typing import Any
 import torch
 
 from balora.argparsing import dataclass_from_args
-from balora.cli import DEMO_METHODS, UserError, adapter_config
+from balora.cli import DEMO_METHODS, TASK_CONFIGS, UserError, adapter_config
 from balora.config import BaLoRAConfig
 from balora.experiments import compare as run_comparison
 from balora.experiments.evaluate import classification_evaluation
+from balora.experiments.plots import plot_evaluation
 from balora.experiments.runner import predict_data
 from balora.io import write_json
 from balora.methods import Data, Method, TrainConfig, make_method
@@ -27,6 +28,10 @@ from balora.recipes.common import (
     run_record,
     save_method_weights,
 )
+from balora.recipes.multiple_choice import (
+    encode_examples,
+    load_multiple_choice_task,
+)
 from balora.recipes.text import (
     TextTaskConfig,
     encode_texts,
@@ -34,9 +39,11 @@ from balora.recipes.text import (
     load_text_data,
     load_text_task,
 )
+from balora.tasks.multiple_choice import load_multiple_choice
 from balora.tasks.text import load_text_file
 
 EVAL_BATCH = 128
+TASK_LOADERS = {"text": load_text_task, "multiple-choice": load_multiple_choice_task}
 
 
 def _method_options(name: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -44,9 +51,9 @@ def _method_options(name: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def train(args: argparse.Namespace) -> int:
-    task_cfg = dataclass_from_args(TextTaskConfig, args)
+    task_cfg = dataclass_from_args(TASK_CONFIGS[args.task], args)
     train_cfg = dataclass_from_args(TrainConfig, args)
-    task = load_text_task(task_cfg)
+    task = TASK_LOADERS[args.task](task_cfg)
     adapter = adapter_config(args, task.target_modules, task.modules_to_save)
     method = make_method(
         args.method,
@@ -71,7 +78,7 @@ def train(args: argparse.Namespace) -> int:
     write_json(
         out / RUN_FILE,
         run_record(
-            task="text",
+            task=args.task,
             method=args.method,
             seed=args.seed,
             data=asdict(task_cfg),
@@ -92,36 +99,60 @@ def train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_trained(run_dir: Path) -> tuple[dict[str, Any], Method, Any, TextTaskConfig]:
+def _load_trained(run_dir: Path) -> tuple[dict[str, Any], Method, Any]:
+    """The run record, the method with its trained weights, and what encodes new inputs: the
+    tokenizer (text runs) or the loaded task (multiple-choice runs)."""
     run = read_run(run_dir)
-    if run["task"] != "text":
-        raise UserError(f"{run_dir} holds a {run['task']!r} run; only 'text' runs are supported")
-    task_cfg = TextTaskConfig(**run["data"])
-    model, tokenizer, _, _ = load_text_backbone(task_cfg, run["label_names"])
+    if run["task"] not in TASK_CONFIGS:
+        raise UserError(f"{run_dir} holds an unknown task {run['task']!r}")
+    task_cfg = TASK_CONFIGS[run["task"]](**run["data"])
+    if run["task"] == "text":  # only the backbone: no need to read the training data
+        model, encoder, _, _ = load_text_backbone(task_cfg, run["label_names"])
+        factory = lambda: copy.deepcopy(model)  # noqa: E731
+    else:
+        encoder = load_multiple_choice_task(task_cfg, label_names=run["label_names"])
+        factory = encoder.model_factory
     method = make_method(
         run["method"],
-        lambda: copy.deepcopy(model),
+        factory,
         "classification",
         adapter=BaLoRAConfig.from_dict(run["adapter"]),
         train=TrainConfig(**run["train"]),
         seed=run["seed"],
     )
     load_method_weights(method, run_dir)
-    return run, method, tokenizer, task_cfg
+    return run, method, encoder
+
+
+def _read_inputs(run: dict[str, Any], args: argparse.Namespace) -> list[Any]:
+    """Texts (text runs) or questions (multiple-choice runs) from the arguments."""
+    if args.file is not None and not args.file.is_file():
+        raise UserError(f"no such file: {args.file}")
+    if run["task"] == "text":
+        texts = list(args.texts)
+        if args.file is not None:
+            lines = args.file.read_text().splitlines()
+            texts += [line.strip() for line in lines if line.strip()]
+        if not texts:
+            raise UserError("give texts to classify, or --file with one text per line")
+        return texts
+    if args.texts or args.file is None:
+        raise UserError("multiple-choice runs read questions from --file (the dataset's format)")
+    return load_multiple_choice(run["data"]["dataset"], path=args.file)
 
 
 def predict(args: argparse.Namespace) -> int:
-    texts = list(args.texts)
-    if args.file is not None:
-        if not args.file.is_file():
-            raise UserError(f"no such file: {args.file}")
-        texts += [line.strip() for line in args.file.read_text().splitlines() if line.strip()]
-    if not texts:
-        raise UserError("give texts to classify, or --file with one text per line")
     if args.num_samples < 0:
         raise UserError(f"--num-samples must be >= 0, got {args.num_samples}")
-    run, method, tokenizer, task_cfg = _load_trained(args.run)
-    inputs = encode_texts(tokenizer, texts, task_cfg.max_length)
+    run = read_run(args.run)
+    items = _read_inputs(run, args)
+    run, method, encoder = _load_trained(args.run)
+    if run["task"] == "text":
+        texts = items
+        inputs = encode_texts(encoder, texts, run["data"]["max_length"])
+    else:
+        texts = [ex.question for ex in items]
+        inputs = encode_examples(encoder, items)
     data = Data(inputs, torch.zeros(len(texts), dtype=torch.long))
     pred = predict_data(method, data, args.num_samples, seed=0, batch_size=EVAL_BATCH)
     names = run["label_names"]
@@ -158,29 +189,44 @@ def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
-def evaluate(args: argparse.Namespace) -> int:
-    if any(s < 0 for s in args.num_samples):
-        raise UserError(f"--num-samples must be >= 0, got {args.num_samples}")
-    run = read_run(args.run)
-    task_cfg = TextTaskConfig(**run["data"])
-    if args.data is not None:  # read the data before loading the model: fail fast
-        data = load_text_file(
+def _evaluation_data(run: dict[str, Any], args: argparse.Namespace) -> Any:
+    """Examples to evaluate on, read before the model is loaded (fail fast): every row of
+    ``--data``, or ``None`` for the run's own test split."""
+    if args.data is None:
+        return None
+    if run["task"] == "text":
+        cfg = run["data"]
+        return load_text_file(
             args.data,
-            args.text_column or task_cfg.text_column,
-            args.label_column or task_cfg.label_column,
+            args.text_column or cfg["text_column"],
+            args.label_column or cfg["label_column"],
             label_names=run["label_names"],
             val_fraction=0.0,
             test_fraction=0.0,
         ).train  # every row of the file
+    return load_multiple_choice(run["data"]["dataset"], path=args.data)
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    if any(s < 0 for s in args.num_samples):
+        raise UserError(f"--num-samples must be >= 0, got {args.num_samples}")
+    run = read_run(args.run)
+    rows = _evaluation_data(run, args)
+    run, method, encoder = _load_trained(args.run)
+    if run["task"] == "text":
+        if rows is None:  # the whole test split of the run's data
+            rows = load_text_data(TextTaskConfig(**run["data"])).test
+        test = Data(
+            encode_texts(encoder, rows.texts, run["data"]["max_length"]),
+            torch.tensor(rows.labels, dtype=torch.long),
+        )
+    elif rows is None:
+        test = encoder.test
     else:
-        data = load_text_data(task_cfg).test
-    run, method, tokenizer, task_cfg = _load_trained(args.run)
-    test = Data(
-        encode_texts(tokenizer, data.texts, task_cfg.max_length),
-        torch.tensor(data.labels, dtype=torch.long),
-    )
+        answers = torch.tensor([ex.answer for ex in rows], dtype=torch.long)
+        test = Data(encode_examples(encoder, rows), answers)
     counts = sorted({0, *args.num_samples}) if method.stochastic else [0]
-    results = {}
+    results, pred = {}, None
     for s in counts:
         start = time.perf_counter()
         pred = predict_data(method, test, s, seed=0, batch_size=EVAL_BATCH)
@@ -192,19 +238,22 @@ def evaluate(args: argparse.Namespace) -> int:
         out / "metrics.json",
         run_record(run=str(args.run), method=run["method"], examples=len(test), by_samples=results),
     )
+    plot = plot_evaluation(
+        pred, test.targets, {int(k): v["metrics"] for k, v in results.items()}, out / "eval.png"
+    )
     best = results[str(counts[-1])]["metrics"]
     print(
         f"{run['method']} on {len(test)} examples (S={counts[-1]}): accuracy "
         f"{best['accuracy']:.4f}, ECE {best['ece']:.4f}, NLL {best['nll']:.4f}, "
-        f"Brier {best['brier']:.4f}; wrote {out / 'metrics.json'}"
+        f"Brier {best['brier']:.4f}; wrote {out / 'metrics.json'} and {plot}"
     )
     return 0
 
 
 def compare(args: argparse.Namespace) -> int:
-    task_cfg = dataclass_from_args(TextTaskConfig, args)
+    task_cfg = dataclass_from_args(TASK_CONFIGS[args.task], args)
     train_cfg = dataclass_from_args(TrainConfig, args)
-    task = load_text_task(task_cfg)
+    task = TASK_LOADERS[args.task](task_cfg)
     adapter = adapter_config(args, task.target_modules, task.modules_to_save)
     methods = [(m, _method_options(m, args)) for m in args.methods]
     results = run_comparison(
@@ -225,7 +274,7 @@ def compare(args: argparse.Namespace) -> int:
 
 
 # The demo's budget: under 10 minutes on 2 CPU cores (see README for the measured time).
-DEMO_TASK = {"max_train": 1000, "max_eval": 300, "max_length": 40}
+DEMO_TASK = {"max_train": 1600, "max_eval": 400, "max_length": 48}
 DEMO_TRAIN = {"epochs": 2, "batch_size": 32, "lr": 1e-3}
 DEMO_SAMPLES = (1, 2, 4, 8)
 QUICK_TASK = {"max_train": 48, "max_eval": 24, "max_length": 16}

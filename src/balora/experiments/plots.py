@@ -31,6 +31,7 @@ from scipy.stats import norm
 
 from balora.experiments.results import MethodRun, Results
 from balora.metrics import selective_accuracy
+from balora.predict import Prediction
 
 CLASSIFICATION_PANELS: tuple[tuple[str, str], ...] = (
     ("accuracy", "accuracy"),
@@ -369,3 +370,60 @@ def plot_results(results: Results, output_dir: Path | None = None) -> dict[str, 
     }
     drawn["reliability"] = plot_reliability(results, out / "reliability.png")
     return {k: v for k, v in drawn.items() if v is not None}
+
+
+# ── one trained model (balora evaluate) ─────────────────────────────────────────────────────
+
+
+def plot_evaluation(
+    pred: Prediction,
+    labels: torch.Tensor,
+    metrics_by_samples: dict[int, dict[str, float | None]],
+    path: Path,
+    n_bins: int = 15,
+) -> Path:
+    """One model's classification evaluation in three panels: the reliability diagram and the
+    accuracy of the retained examples (both for `pred`, the largest S) and each main metric
+    against the number of samples (S = 0 is the posterior mean)."""
+    probs = pred.mean.detach().cpu().double().numpy()
+    y = labels.cpu().numpy()
+    conf, correct = probs.max(axis=1), probs.argmax(axis=1) == y
+    fig = Figure(figsize=(13, 4))
+    ax_rel, ax_ret, ax_s = fig.subplots(1, 3)
+    mean_conf, acc, _ = reliability_bins(conf, correct, n_bins)
+    full = ~np.isnan(acc)
+    centres = (np.arange(n_bins) + 0.5) / n_bins
+    ax_rel.plot([0, 1], [0, 1], "k--", lw=1)
+    ax_rel.bar(centres[full], acc[full], width=1 / n_bins, edgecolor="k", lw=0.5)
+    ax_rel.bar(
+        centres[full],
+        (mean_conf - acc)[full],
+        bottom=acc[full],
+        width=1 / n_bins,
+        color="red",
+        alpha=0.25,
+        label="gap",
+    )
+    ax_rel.set(
+        xlim=(0, 1),
+        ylim=(0, 1),
+        xlabel="confidence",
+        ylabel="accuracy",
+        title=f"Reliability (S = {pred.num_samples})",
+    )
+    ax_ret.plot(RETAINED, retention_curve(pred.total.cpu().double().numpy(), correct), "o-", ms=3)
+    ax_ret.set(
+        xlabel="fraction retained (most uncertain rejected first)",
+        ylabel="accuracy of the retained",
+        title="Uncertainty vs error",
+    )
+    counts = sorted(metrics_by_samples)
+    x = [max(s, 0.5) for s in counts]  # S = 0 (posterior mean) drawn at 0.5 on the log axis
+    for key, name in CLASSIFICATION_PANELS[:3]:
+        values = [metrics_by_samples[s].get(key) for s in counts]
+        ax_s.plot(x, [math.nan if v is None else v for v in values], "o-", label=name)
+    ax_s.set_xscale("log", base=2)
+    ax_s.set_xticks(x, ["mean" if s == 0 else str(s) for s in counts])
+    ax_s.set(xlabel="posterior samples S", title="Metrics vs S")
+    ax_s.legend(fontsize=8)
+    return _save(fig, path)

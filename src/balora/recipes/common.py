@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_model, save_model
 
 from balora import __version__
 from balora.io import load, save, write_atomic
@@ -35,8 +35,9 @@ def save_method_weights(method: Method, run_dir: Path) -> None:
     elif isinstance(method, AdapterMethod):
         save(method.model, run_dir / "adapter")
     elif isinstance(method, FullFineTune):
-        state = {k: v.detach().contiguous().cpu() for k, v in method.model.state_dict().items()}
-        write_atomic(run_dir / "model.safetensors", lambda tmp: save_file(state, tmp))
+        # save_model drops the duplicates of tied weights (e.g. an LM head shared with the
+        # embeddings), which save_file refuses
+        write_atomic(run_dir / "model.safetensors", lambda tmp: save_model(method.model, tmp))
     else:
         raise ValueError(f"saving a trained {method.name!r} model is not supported")
 
@@ -54,7 +55,7 @@ def load_method_weights(method: Method, run_dir: Path) -> None:
         if not path.is_file():
             raise FileNotFoundError(f"no model weights at {path}")
         model = method.model_factory()
-        model.load_state_dict(load_file(path))
+        load_model(model, path)
         method.model = model.eval()
     else:
         raise ValueError(f"loading a trained {method.name!r} model is not supported")
