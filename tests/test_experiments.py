@@ -402,10 +402,12 @@ def test_alpha_summary_and_memory_meter():
     assert (a.min, a.q05, a.q50, a.q95, a.max, a.spread) == (0, 5, 50, 95, 100, 100)
     meter = PeakMemoryMeter(torch.device("cpu"))
     meter.start()
-    block = torch.ones(16 * 2**20 // 4)  # 16 MiB, touched
+    # 64 MiB, touched: above glibc's largest mmap threshold (32 MiB), so it is fresh memory
+    # from the OS whatever earlier tests freed
+    block = torch.ones(64 * 2**20 // 4)
     peak = meter.stop()
     del block
-    assert peak is None or peak >= 8 * 2**20
+    assert peak is None or peak >= 32 * 2**20
 
 
 @pytest.mark.gpu
