@@ -83,9 +83,10 @@ class BaLoRAConfig:
     noise: NoiseStructure = "example"
     """``example``: one weight sample per example shared by all its positions; ``token``: local
     reparameterisation, independent per position; ``none``: plain LoRA."""
-    kl_reduction: KLReduction = "element"
-    """``element``: the KL is summed over the r * d_in elements of A (the weight-space ELBO);
-    ``layer``: one KL term per adapted layer (per α component)."""
+    kl_reduction: KLReduction = "layer"
+    """``layer``: one KL term per adapted layer (per α component); ``element``: the KL is
+    summed over the r * d_in elements of A (the weight-space ELBO), which pins α(x) to α_p
+    (docs/method-study.md)."""
     lora_dropout: float = 0.0
     """Dropout on the adapter's input during training."""
     mc_dropout: bool = False

@@ -48,8 +48,9 @@ class TrainConfig:
     """Examples per optimisation step."""
     lr: float = 1e-3
     """Learning rate of the adapters (and of `modules_to_save`)."""
-    alpha_lr: float | None = None
-    """Learning rate of the α parameters (``None``: `lr`)."""
+    alpha_lr: float | None = 1e-2
+    """Learning rate of the α parameters (``None``: `lr`); 1e-2 lets α(x) move within a short
+    budget (docs/method-study.md)."""
     weight_decay: float = 0.0
     """AdamW weight decay (not applied to α parameters)."""
     kl_weight: float = 1.0
