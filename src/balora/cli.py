@@ -55,6 +55,16 @@ def _common_training_options(parser: argparse.ArgumentParser, *, methods: bool, 
     parser.add_argument("--seed", type=int, default=0, help="seed of the method (default: 0)")
 
 
+def _sample_counts_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--num-samples",
+        type=int,
+        nargs="+",
+        default=[1, 2, 4, 8, 16],
+        help="posterior sample counts to evaluate (default: 1 2 4 8 16)",
+    )
+
+
 def build_parser(task: str = "text") -> argparse.ArgumentParser:
     """The parser; `task` chooses which task config's options `train` and `compare` take."""
     parser = argparse.ArgumentParser(
@@ -76,13 +86,7 @@ def build_parser(task: str = "text") -> argparse.ArgumentParser:
     )
     p.add_argument("--text-column", default=None, help="text column of --data")
     p.add_argument("--label-column", default=None, help="label column of --data")
-    p.add_argument(
-        "--num-samples",
-        type=int,
-        nargs="+",
-        default=[1, 2, 4, 8, 16],
-        help="posterior sample counts to evaluate (default: 1 2 4 8 16)",
-    )
+    _sample_counts_option(p)
     p.add_argument("--output", "-o", type=Path, help="where to write (default: RUN/eval)")
 
     p = sub.add_parser("predict", help="label, probability and uncertainty per input")
@@ -113,13 +117,7 @@ def build_parser(task: str = "text") -> argparse.ArgumentParser:
         help=f"methods (default: {' '.join(DEMO_METHODS)})",
     )
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds (default: 0)")
-    p.add_argument(
-        "--num-samples",
-        type=int,
-        nargs="+",
-        default=[1, 2, 4, 8, 16],
-        help="posterior sample counts (default: 1 2 4 8 16)",
-    )
+    _sample_counts_option(p)
     p.add_argument("--members", type=int, default=5, help="ensemble size (default: 5)")
     p.add_argument("--no-resume", action="store_true", help="redo finished methods")
     _common_training_options(p, methods=False, task=task)
