@@ -48,12 +48,14 @@ from balora.recipes.text import TextTaskConfig, load_text_task
 # ── the budget ──────────────────────────────────────────────────────────────────────────────
 
 TASK = {"max_train": 1500, "max_eval": 400, "max_length": 48}
-TRAIN = {"epochs": 2, "batch_size": 32, "lr": 1e-3}
+# alpha_lr=None (α at the shared lr) is pinned so that the arms keep their meaning when the
+# library's default changes; arms that want the faster α learning rate say so.
+TRAIN = {"epochs": 2, "batch_size": 32, "lr": 1e-3, "alpha_lr": None}
 SCREEN_SAMPLES = (8,)
 CONFIRM_SAMPLES = (1, 4, 8)
 CONFIRM_SEEDS = (0, 1, 2)
 QUICK_TASK = {"max_train": 64, "max_eval": 32, "max_length": 24}
-QUICK_TRAIN = {"epochs": 1, "batch_size": 16, "lr": 1e-3}
+QUICK_TRAIN = {"epochs": 1, "batch_size": 16, "lr": 1e-3, "alpha_lr": None}
 FULL_FT_LR = 5e-5
 DEFAULT_ARM = "balora-default"
 
@@ -83,6 +85,7 @@ class Arm:
         return MethodSpec(self.method, opts, label=self.label)
 
 
+ELEMENT = {"kl_reduction": "element"}
 LAYER = {"kl_reduction": "layer"}
 LAYER_P5 = {"kl_reduction": "layer", "prior_p": 0.5}
 FAST_ALPHA = {"alpha_lr": 1e-2}
@@ -98,10 +101,16 @@ REFERENCES: tuple[Arm, ...] = (
 # Every arm after `layer-p0.5-alr` changes one option of it.
 SCREEN: tuple[Arm, ...] = (
     Arm("lora", "lora", why="the bar to beat"),
-    Arm(DEFAULT_ARM, why="current defaults: element KL, p=0.1, β=1"),
-    Arm("el-p0.5", adapter={"prior_p": 0.5}, why="element KL, α_p=1: Gaussian dropout α=1"),
+    Arm(
+        DEFAULT_ARM,
+        train={"alpha_lr": TrainConfig().alpha_lr},
+        why="the library's current defaults (BaLoRAConfig(), TrainConfig())",
+    ),
+    Arm("el-p0.1", adapter=ELEMENT, why="the first defaults: element KL, p=0.1, β=1"),
+    Arm("el-p0.5", adapter={**ELEMENT, "prior_p": 0.5}, why="element KL, α_p=1"),
     Arm(
         "el-p0.1-b0.01-wu0.3",
+        adapter=ELEMENT,
         train={"kl_weight": 0.01, "kl_warmup": 0.3},
         why="element KL with a small, warmed-up β",
     ),
@@ -440,6 +449,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--confirm-extra", nargs="+", default=[], help="screened arms to confirm as well"
     )
     parser.add_argument("--skip-screen", action="store_true", help="confirm from selection.json")
+    parser.add_argument(
+        "--no-references",
+        action="store_true",
+        help="confirm without lora / mc_dropout / full_ft (already on disk from an earlier run)",
+    )
     parser.add_argument("--summarize-only", action="store_true")
     parser.add_argument("--progress", action="store_true", help="progress bars")
     args = parser.parse_args(argv)
@@ -462,7 +476,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def confirm_arms(chosen: Sequence[str]) -> list[Arm]:
         labels = dict.fromkeys([*chosen, *args.confirm_extra])
-        return [*REFERENCES, by_label[DEFAULT_ARM], *(by_label[c] for c in labels)]
+        refs = () if args.no_references else REFERENCES
+        return [*refs, by_label[DEFAULT_ARM], *(by_label[c] for c in labels)]
 
     if args.summarize_only:
         chosen = json.loads(selection.read_text())["chosen"] if selection.is_file() else []

@@ -353,6 +353,14 @@ def wrapper_class(module: nn.Module, name: str) -> type[BaLoRALayer]:
                 f"padding_mode={module.padding_mode!r}; only groups=1 with zero padding is "
                 "supported (target the pointwise convolutions instead)"
             )
+        overrides = type(module).forward not in (nn.Conv1d.forward, nn.Conv2d.forward)
+        if overrides and any(k != 1 for k in module.kernel_size):
+            # e.g. TF-style "same" padding applied inside forward: the A path would not see it
+            raise TypeError(
+                f"cannot adapt {name}: {type(module).__name__} overrides forward (its padding "
+                f"is not in .padding) and has kernel {tuple(module.kernel_size)}; only 1x1 "
+                "kernels are supported for such subclasses"
+            )
         return ConvNd
     raise TypeError(
         f"cannot adapt {name}: unsupported module type {type(module).__name__}; "
