@@ -1,9 +1,9 @@
 """The ``balora`` command line: train, evaluate, predict, compare, demo.
 
 Options are generated from the typed configs (`BaLoRAConfig`, `TrainConfig` and the task's
-config, `TextTaskConfig` or `MultipleChoiceTaskConfig` by ``--task``); their field docstrings
-are the ``--help`` texts. User errors (a bad path,
-column, label or option) end with a one-line message and exit code 2, never a traceback.
+config by ``--task``: `TextTaskConfig`, `MultipleChoiceTaskConfig` or `VisionTaskConfig`);
+their field docstrings are the ``--help`` texts. User errors (a bad path, column, label or
+option) end with a one-line message and exit code 2, never a traceback.
 """
 
 from __future__ import annotations
@@ -19,11 +19,13 @@ from balora.config import BaLoRAConfig
 from balora.methods import METHODS, TrainConfig
 from balora.recipes.multiple_choice import MultipleChoiceTaskConfig
 from balora.recipes.text import TextTaskConfig
+from balora.recipes.vision import VisionTaskConfig
 
 DEMO_METHODS = ("lora", "mc_dropout", "balora")
 TASK_CONFIGS: dict[str, type] = {
     "text": TextTaskConfig,
     "multiple-choice": MultipleChoiceTaskConfig,
+    "vision": VisionTaskConfig,
 }
 
 
@@ -37,7 +39,8 @@ def _common_training_options(parser: argparse.ArgumentParser, *, methods: bool, 
         default="text",
         choices=sorted(TASK_CONFIGS),
         help="text: sequence classification; multiple-choice: a causal LM scores option "
-        "letters (default: text; `--task multiple-choice --help` lists its options)",
+        "letters; vision: image classification (default: text; `--task vision --help` lists "
+        "that task's options)",
     )
     add_dataclass_arguments(parser, TASK_CONFIGS[task], title=f"data and backbone ({task})")
     add_dataclass_arguments(
@@ -81,8 +84,9 @@ def build_parser(task: str = "text") -> argparse.ArgumentParser:
     p.add_argument("run", type=Path, help="run directory written by `balora train`")
     p.add_argument(
         "--data",
-        help="a file to evaluate on: CSV/JSONL for text runs, the dataset's format for "
-        "multiple-choice runs (default: the run's test split)",
+        help="data to evaluate on: a CSV/JSONL file for text runs, a file in the dataset's "
+        "format for multiple-choice runs, an image folder DIR/<class>/<image> for vision runs "
+        "(default: the run's test split)",
     )
     p.add_argument("--text-column", default=None, help="text column of --data")
     p.add_argument("--label-column", default=None, help="label column of --data")
@@ -91,12 +95,17 @@ def build_parser(task: str = "text") -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="label, probability and uncertainty per input")
     p.add_argument("run", type=Path, help="run directory written by `balora train`")
-    p.add_argument("texts", nargs="*", help="texts to classify (text runs)")
+    p.add_argument(
+        "texts",
+        nargs="*",
+        metavar="INPUT",
+        help="texts to classify (text runs), or image files / folders of images (vision runs)",
+    )
     p.add_argument(
         "--file",
         type=Path,
         help="text runs: a file with one input per line; multiple-choice runs: a file of "
-        "questions in the dataset's format",
+        "questions in the dataset's format; vision runs: a file listing image paths",
     )
     p.add_argument("--num-samples", type=int, default=16, help="posterior samples (default: 16)")
     p.add_argument(

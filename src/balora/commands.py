@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -39,11 +40,23 @@ from balora.recipes.text import (
     load_text_data,
     load_text_task,
 )
+from balora.recipes.vision import (
+    load_ood,
+    load_vision_backbone,
+    load_vision_data,
+    load_vision_task,
+    to_data,
+)
 from balora.tasks.multiple_choice import load_multiple_choice
 from balora.tasks.text import load_text_file
+from balora.tasks.vision import load_image_folder, read_images
 
 EVAL_BATCH = 128
-TASK_LOADERS = {"text": load_text_task, "multiple-choice": load_multiple_choice_task}
+TASK_LOADERS = {
+    "text": load_text_task,
+    "multiple-choice": load_multiple_choice_task,
+    "vision": load_vision_task,
+}
 
 
 def _method_options(name: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -101,7 +114,8 @@ def train(args: argparse.Namespace) -> int:
 
 def _load_trained(run_dir: Path) -> tuple[dict[str, Any], Method, Any]:
     """The run record, the method with its trained weights, and what encodes new inputs: the
-    tokenizer (text runs) or the loaded task (multiple-choice runs)."""
+    tokenizer (text runs), the loaded task (multiple-choice runs) or nothing (vision runs: the
+    model takes raw images)."""
     run = read_run(run_dir)
     if run["task"] not in TASK_CONFIGS:
         raise UserError(f"{run_dir} holds an unknown task {run['task']!r}")
@@ -109,6 +123,9 @@ def _load_trained(run_dir: Path) -> tuple[dict[str, Any], Method, Any]:
     if run["task"] == "text":  # only the backbone: no need to read the training data
         model, encoder, _, _ = load_text_backbone(task_cfg, run["label_names"])
         factory = lambda: copy.deepcopy(model)  # noqa: E731
+    elif run["task"] == "vision":
+        model, _, _ = load_vision_backbone(task_cfg, run["label_names"])
+        encoder, factory = None, lambda: copy.deepcopy(model)
     else:
         encoder = load_multiple_choice_task(task_cfg, label_names=run["label_names"])
         factory = encoder.model_factory
@@ -125,9 +142,17 @@ def _load_trained(run_dir: Path) -> tuple[dict[str, Any], Method, Any]:
 
 
 def _read_inputs(run: dict[str, Any], args: argparse.Namespace) -> list[Any]:
-    """Texts (text runs) or questions (multiple-choice runs) from the arguments."""
+    """Texts (text runs), image paths (vision runs) or questions (multiple-choice runs) from
+    the arguments."""
     if args.file is not None and not args.file.is_file():
         raise UserError(f"no such file: {args.file}")
+    if run["task"] == "vision":
+        paths = list(args.texts)
+        if args.file is not None:
+            paths += [line.strip() for line in args.file.read_text().splitlines() if line.strip()]
+        if not paths:
+            raise UserError("give image files or folders of images, or --file listing them")
+        return paths
     if run["task"] == "text":
         texts = list(args.texts)
         if args.file is not None:
@@ -150,6 +175,14 @@ def predict(args: argparse.Namespace) -> int:
     if run["task"] == "text":
         texts = items
         inputs = encode_texts(encoder, texts, run["data"]["max_length"])
+    elif run["task"] == "vision":
+        size = max(run["data"]["image_size"], 32)
+        files, inputs, errors = read_images(items, image_size=size, channels=3)
+        for path, message in errors.items():
+            print(f"balora predict: skipped {path}: {message}", file=sys.stderr)
+        if not files:
+            raise UserError("no readable image among the inputs")
+        texts = [str(f) for f in files]
     else:
         texts = [ex.question for ex in items]
         inputs = encode_examples(encoder, items)
@@ -169,18 +202,21 @@ def predict(args: argparse.Namespace) -> int:
                 "epistemic": round(float(pred.epistemic[i]), 5),
             }
         )
+    key = "image" if run["task"] == "vision" else "text"
+    if key != "text":
+        rows = [{key: r.pop("text"), **r} for r in rows]
     if args.format == "jsonl":
         for row in rows:
             print(json.dumps(row))
     else:
-        print(_table(rows, ["label", "probability", "total", "aleatoric", "epistemic", "text"]))
+        print(_table(rows, ["label", "probability", "total", "aleatoric", "epistemic", key]))
     return 0
 
 
 def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     def cell(value: Any, col: str) -> str:
         text = str(value)
-        return text if col != "text" or len(text) <= 60 else text[:57] + "..."
+        return text if col not in ("text", "image") or len(text) <= 60 else "..." + text[-57:]
 
     cells = [[cell(r[c], c) for c in columns] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
@@ -204,6 +240,15 @@ def _evaluation_data(run: dict[str, Any], args: argparse.Namespace) -> Any:
             val_fraction=0.0,
             test_fraction=0.0,
         ).train  # every row of the file
+    if run["task"] == "vision":
+        every = load_image_folder(
+            args.data,
+            image_size=max(run["data"]["image_size"], 32),
+            label_names=run["label_names"],
+            val_fraction=0.0,
+            test_fraction=0.0,
+        )
+        return to_data(every.train)
     return load_multiple_choice(run["data"]["dataset"], path=args.data)
 
 
@@ -213,6 +258,7 @@ def evaluate(args: argparse.Namespace) -> int:
     run = read_run(args.run)
     rows = _evaluation_data(run, args)
     run, method, encoder = _load_trained(args.run)
+    task_cfg = TASK_CONFIGS[run["task"]](**run["data"])
     if run["task"] == "text":
         if rows is None:  # the whole test split of the run's data
             rows = load_text_data(TextTaskConfig(**run["data"])).test
@@ -220,17 +266,23 @@ def evaluate(args: argparse.Namespace) -> int:
             encode_texts(encoder, rows.texts, run["data"]["max_length"]),
             torch.tensor(rows.labels, dtype=torch.long),
         )
+    elif run["task"] == "vision":
+        test = rows if rows is not None else to_data(load_vision_data(task_cfg).test)
     elif rows is None:
         test = encoder.test
     else:
         answers = torch.tensor([ex.answer for ex in rows], dtype=torch.long)
         test = Data(encode_examples(encoder, rows), answers)
+    ood = load_ood(task_cfg) if run["task"] == "vision" and args.data is None else None
     counts = sorted({0, *args.num_samples}) if method.stochastic else [0]
     results, pred = {}, None
     for s in counts:
         start = time.perf_counter()
         pred = predict_data(method, test, s, seed=0, batch_size=EVAL_BATCH)
-        metrics, reasons = classification_evaluation(pred, test.targets)
+        ood_pred = None
+        if ood is not None:
+            ood_pred = predict_data(method, to_data(ood), s, seed=1, batch_size=EVAL_BATCH)
+        metrics, reasons = classification_evaluation(pred, test.targets, ood_pred)
         metrics["seconds"] = time.perf_counter() - start
         results[str(s)] = {"metrics": metrics, "undefined": reasons}
     out: Path = args.output or args.run / "eval"
@@ -266,6 +318,7 @@ def compare(args: argparse.Namespace) -> int:
         train_config=train_cfg,
         seeds=tuple(args.seeds),
         num_samples=tuple(args.num_samples),
+        ood=getattr(task, "ood", None),
         output_dir=args.output,
         resume=not args.no_resume,
     )

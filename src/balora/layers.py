@@ -171,14 +171,20 @@ class BaLoRALayer(nn.Module):
         if dropout_on:
             keep = 1.0 - config.lora_dropout
             xa = xa * (state.rand(tuple(xa.shape), xa) < keep).to(xa.dtype) / keep
-        # rank-space activation (b, ..., r); the mean is already inside a merged weight
-        h = None if self.merged else self._project_a(xa, self.lora_A)
         if stochastic:
             alpha, log_alpha = self._alpha(xa)  # (b, k)
-            noise = self._unit_noise(xa)
-            scaled = self._alpha_view(alpha.sqrt(), noise) * noise
-            h = scaled if h is None else h + scaled
             self._record(alpha, log_alpha)
+            if config.noise == "example":
+                # one per-example matmul with the sampled weight Ω_i = A + sqrt(α_i) |A| ⊙ E_i
+                # (the mean is left out of Ω when it is already inside a merged weight)
+                h = self._sample_example(xa, alpha.sqrt(), with_mean=not self.merged)
+            else:
+                noise = self._unit_noise(xa)
+                h = self._alpha_view(alpha.sqrt(), noise) * noise
+                if not self.merged:
+                    h = self._project_a(xa, self.lora_A) + h
+        else:
+            h = self._project_a(xa, self.lora_A)  # rank-space activation (b, ..., r)
         delta = self.scaling * self._project_b(h)
         if squeeze:
             delta = delta.squeeze(0)
@@ -189,20 +195,29 @@ class BaLoRALayer(nn.Module):
         return self.lora_A.abs()
 
     def _unit_noise(self, x: Tensor) -> Tensor:
-        """Noise of the rank-space activation at α = 1: (b, ..., r)."""
+        """`token` noise of the rank-space activation at α = 1: (b, ..., r)."""
         scale = self._noise_scale()
-        if self.config.noise == "token":
-            var = self._project_a(x * x, scale * scale)
-            eps = self.state.randn(tuple(var.shape), var)
-            return var.clamp_min(1e-30).sqrt() * eps
-        # example: (scale ⊙ E_i) x, in chunks of examples bounding the random numbers drawn
+        var = self._project_a(x * x, scale * scale)
+        eps = self.state.randn(tuple(var.shape), var)
+        return var.clamp_min(1e-30).sqrt() * eps
+
+    def _sample_example(self, x: Tensor, alpha_sqrt: Tensor, with_mean: bool) -> Tensor:
+        """`example` noise: ``Ω_i x`` with ``Ω_i = A + sqrt(α_i) (|A| ⊙ E_i)`` (or the noise
+        term alone when `with_mean` is False), in chunks of examples that bound the random
+        numbers drawn. x (b, ..., d_in), alpha_sqrt (b, k) -> (b, ..., r)."""
+        scale = self._noise_scale()
         b = x.shape[0]
         step = max(1, MAX_NOISE_ELEMENTS // scale.numel())
         parts = []
         for start in range(0, b, step):
             chunk = x[start : start + step]
-            e = self.state.randn((chunk.shape[0], *scale.shape), scale)
-            parts.append(self._project_per_example(chunk, scale * e))
+            e = self.state.randn((chunk.shape[0], *scale.shape), scale)  # (c, r, d_in, ...)
+            s = alpha_sqrt[start : start + step]
+            s = s.view(*s.shape, *([1] * (e.dim() - 2)))  # (c, k, 1, ...)
+            weights = s * (scale * e)
+            if with_mean:
+                weights = weights + self.lora_A
+            parts.append(self._project_per_example(chunk, weights))
         return torch.cat(parts) if len(parts) > 1 else parts[0]
 
     def _alpha(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -307,8 +322,15 @@ class ConvNd(BaLoRALayer):
         return x.flatten(2).mean(dim=2)  # (b, C, *spatial) -> (b, C)
 
     def _project_per_example(self, x: Tensor, weights: Tensor) -> Tensor:
-        # one grouped convolution: (1, b*C, ...) with b groups of r kernels each
         b = x.shape[0]
+        base = self.base_layer
+        if all(k == 1 for k in base.kernel_size) and not any(base.padding):
+            # 1x1 kernel: a batched matmul over positions, (b, r, C) @ (b, C, N), much faster
+            # than a grouped convolution with b groups
+            strided = x[(..., *(slice(None, None, s) for s in base.stride))]
+            out = torch.bmm(weights.reshape(b, weights.shape[1], -1), strided.flatten(2))
+            return out.view(b, weights.shape[1], *strided.shape[2:])
+        # one grouped convolution: (1, b*C, ...) with b groups of r kernels each
         out = self._project_a(
             x.reshape(1, -1, *x.shape[2:]), weights.reshape(-1, *weights.shape[2:]), groups=b
         )

@@ -3,7 +3,9 @@
 S posterior samples are drawn by repeating the batch S times along the batch dimension (in
 chunks of `chunk_size` samples) and running one forward pass per chunk, so sampling costs the
 arithmetic of S LoRA forwards and nothing else. Row ``s * b + i`` of a chunk is sample ``s`` of
-example ``i``. The ``backbone`` α is computed once per batch and reused by every sample.
+example ``i``. The ``backbone`` α is computed once per batch and reused by every sample. With
+``cache_prefix=True`` the frozen prefix before the first adapted layer runs once per batch and its
+output is repeated for the samples (`balora.prefix`), instead of running S times.
 
 Uncertainty from S samples (METHOD.md):
 
@@ -17,7 +19,7 @@ Uncertainty from S samples (METHOD.md):
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -25,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from balora.inject import backbone_alpha_preactivations, get_adapter, has_adapter
+from balora.prefix import record_prefix, replay_prefix
 
 Task = Literal["classification", "regression"]
 Inputs = Tensor | Mapping[str, Any]
@@ -175,6 +178,7 @@ def predict(
     keep_samples: bool = False,
     *,
     gaussian: bool = False,
+    cache_prefix: bool = False,
 ) -> Prediction:
     """Predict with S posterior samples (``num_samples=0``: the posterior mean only).
 
@@ -183,7 +187,10 @@ def predict(
     `chunk_size` is the number of samples per forward pass (default: as many as fit in
     1024 rows). The model is put in eval mode for the call and restored afterwards. Works on
     models without adapters too (e.g. full fine-tuning): their samples are identical unless
-    the model is stochastic in eval mode.
+    the model is stochastic in eval mode. ``cache_prefix=True`` runs the modules that finish
+    before the first adapted layer once on the b inputs and repeats their outputs for the
+    samples (`balora.prefix`; for models whose rows are independent in eval mode), which pays
+    off when the adapters sit in the later layers.
     """
     if task not in ("classification", "regression"):
         raise ValueError(f"task must be 'classification' or 'regression', got {task!r}")
@@ -203,6 +210,9 @@ def predict(
         chunk = chunk_size or max(1, min(num_samples, DEFAULT_MAX_ROWS // b))
         with ExitStack() as stack:
             z = None
+            prefix = None
+            if has_adapter(model) and cache_prefix:
+                prefix = record_prefix(model, inputs)  # before sampling: the mean pass
             if has_adapter(model):
                 adapter = get_adapter(model)
                 stack.enter_context(sampling(model, seed))
@@ -219,7 +229,8 @@ def predict(
                 n = min(chunk, num_samples - start)
                 if z is not None:
                     adapter.state.backbone_z = z.repeat(n, 1, 1)
-                out = model_output(model, _repeat(inputs, n))
+                with replay_prefix(prefix, n) if prefix is not None else nullcontext():
+                    out = model_output(model, _repeat(inputs, n))
                 outs.append(out.reshape(n, b, *out.shape[1:]))
         return summarize(
             torch.cat(outs), task, num_samples, gaussian=gaussian, keep_samples=keep_samples
