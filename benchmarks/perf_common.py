@@ -240,7 +240,16 @@ def minilm(quick: bool, *, train_batch: int | None = None, seq: int | None = Non
     from balora.tasks.text import load_sequence_classifier
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    model, _ = load_sequence_classifier(None, num_labels=2)
+    try:
+        model, _ = load_sequence_classifier(None, num_labels=2)
+    except FileNotFoundError:  # weights package absent (e.g. a GPU box): same architecture, random
+        from transformers import BertConfig, BertForSequenceClassification
+
+        torch.manual_seed(0)
+        config = BertConfig(
+            hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536
+        )
+        model = BertForSequenceClassification(config)
     g = torch.Generator().manual_seed(0)
     b, t = (8, 32) if quick else (32, 64)
     batch = _text_batch(model.config.vocab_size, train_batch or b, seq or t, 2, g)

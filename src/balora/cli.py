@@ -56,6 +56,16 @@ def _common_training_options(parser: argparse.ArgumentParser, *, methods: bool, 
             "--method", default="balora", choices=sorted(METHODS), help="method to train"
         )
     parser.add_argument("--seed", type=int, default=0, help="seed of the method (default: 0)")
+    _device_option(parser)
+
+
+def _device_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help="where to train and predict: cpu, cuda, cuda:1, ... (default: auto, the GPU when "
+        "there is one)",
+    )
 
 
 def _sample_counts_option(parser: argparse.ArgumentParser) -> None:
@@ -91,6 +101,7 @@ def build_parser(task: str = "text") -> argparse.ArgumentParser:
     p.add_argument("--text-column", default=None, help="text column of --data")
     p.add_argument("--label-column", default=None, help="label column of --data")
     _sample_counts_option(p)
+    _device_option(p)
     p.add_argument("--output", "-o", type=Path, help="where to write (default: RUN/eval)")
 
     p = sub.add_parser("predict", help="label, probability and uncertainty per input")
@@ -114,6 +125,7 @@ def build_parser(task: str = "text") -> argparse.ArgumentParser:
         default="table",
         help="output format (default: table)",
     )
+    _device_option(p)
 
     p = sub.add_parser("compare", help="the comparison runner over several methods")
     p.add_argument("--output", "-o", type=Path, required=True, help="directory to write")

