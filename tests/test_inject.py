@@ -57,6 +57,16 @@ def test_refuses_to_wrap_twice():
         balora.apply(model, config())
 
 
+def test_compile_wrapper_is_looked_through():
+    model = balora.apply(MLP(), config())
+    compiled = torch.compile(model)  # lazy: nothing is compiled until the first call
+    assert get_adapter(compiled) is get_adapter(model)
+    with balora.sampling(compiled, seed=0):
+        assert get_adapter(model).state.sampling
+    with pytest.raises(ValueError, match="no BaLoRA adapters"):
+        get_adapter(torch.compile(MLP()))
+
+
 def test_trainable_parameters_and_unload_restores_flags():
     model = MLP()
     model.fc2.bias.requires_grad_(False)

@@ -45,8 +45,9 @@ class Adapter:
 
 
 def get_adapter(model: nn.Module) -> Adapter:
-    """The `Adapter` of a model prepared by `apply`, or a `ValueError`."""
-    adapter = model.__dict__.get("_balora")
+    """The `Adapter` of a model prepared by `apply`, or a `ValueError`. A ``torch.compile``
+    wrapper is looked through (its ``_orig_mod`` is the adapted model)."""
+    adapter = _find_adapter(model)
     if adapter is None:
         raise ValueError(
             f"{type(model).__name__} has no BaLoRA adapters; call balora.apply(model, config)"
@@ -55,7 +56,14 @@ def get_adapter(model: nn.Module) -> Adapter:
 
 
 def has_adapter(model: nn.Module) -> bool:
-    return "_balora" in model.__dict__
+    return _find_adapter(model) is not None
+
+
+def _find_adapter(model: nn.Module) -> Adapter | None:
+    if "_balora" in model.__dict__:
+        return model.__dict__["_balora"]
+    compiled = model._modules.get("_orig_mod")  # torch.compile's OptimizedModule
+    return None if compiled is None else compiled.__dict__.get("_balora")
 
 
 def matches(name: str, patterns: str | tuple[str, ...] | list[str]) -> bool:

@@ -41,7 +41,7 @@ import torch.distributed as dist
 from safetensors.torch import load_file
 from torch import nn
 
-from balora.inject import get_adapter, has_adapter
+from balora.inject import get_adapter
 from balora.io import WEIGHTS_NAME, _sha256, adapter_state_dict, read_config, save, write_json
 
 CHECKPOINT_PREFIX = "checkpoint-"
@@ -52,7 +52,7 @@ def unwrap(model: nn.Module) -> nn.Module:
     """The module carrying the BaLoRA adapter inside DDP / FSDP / accelerate / compile
     wrappers (followed through ``.module`` and ``._orig_mod``)."""
     current = model
-    while not has_adapter(current):
+    while "_balora" not in current.__dict__:  # the adapted module itself, not a wrapper
         inner = getattr(current, "module", None)
         if inner is None:
             inner = getattr(current, "_orig_mod", None)
