@@ -5,8 +5,8 @@
 #        bash scripts/install.sh test     # the same plus the test dependencies
 set -euo pipefail
 cd "$(dirname "$0")/.."
-extra="hf"
-if [ "${1:-}" = "test" ]; then extra="hf,test"; fi
+extra="hf,mof"
+if [ "${1:-}" = "test" ]; then extra="hf,mof,test"; fi
 pip="python -m pip --disable-pip-version-check -q"
 $pip install "torch==2.13.0"
 $pip install -c <(echo "torch==2.13.0") -e ".[$extra]"
