@@ -144,3 +144,31 @@ def test_no_adapter_called_means_nothing_cached():
     model = Skips()
     balora.apply(model, balora.BaLoRAConfig(r=2, target_modules=["unused"]))
     assert record_prefix(model.eval(), torch.randn(2, 3)).names == ()
+
+
+class _SharedActivation(nn.Module):
+    """One activation module called before and after the adapted layer (as EfficientNet's
+    shared swish): it must not be replayed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2, self.head = nn.Linear(6, 8), nn.Linear(8, 8), nn.Linear(8, 3)
+        self.act = nn.Tanh()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.act(self.fc2(self.act(self.fc1(x)))))
+
+
+def test_module_called_again_after_the_first_adapter_is_not_replayed():
+    torch.manual_seed(0)
+    model = _SharedActivation().double()
+    balora.apply(model, balora.BaLoRAConfig(r=2, target_modules=["fc2"]))
+    with torch.no_grad():
+        model.fc2.lora_B.normal_()
+    x = torch.randn(5, 6, dtype=torch.float64)
+    assert record_prefix(model.eval(), x).names == ("fc1",)  # not "act"
+    plain = balora.predict(model, x, 4, task="regression", seed=3, keep_samples=True)
+    cached = balora.predict(
+        model, x, 4, task="regression", seed=3, keep_samples=True, cache_prefix=True
+    )
+    torch.testing.assert_close(cached.samples, plain.samples, rtol=0, atol=1e-12)

@@ -1,7 +1,8 @@
 """The ``balora`` command line: train, evaluate, predict, compare, demo.
 
 Options are generated from the typed configs (`BaLoRAConfig`, `TrainConfig` and the task's
-config by ``--task``: `TextTaskConfig`, `MultipleChoiceTaskConfig` or `VisionTaskConfig`);
+config by ``--task``: `TextTaskConfig`, `MultipleChoiceTaskConfig`, `VisionTaskConfig` or
+`MOFTaskConfig`);
 their field docstrings are the ``--help`` texts. User errors (a bad path, column, label or
 option) end with a one-line message and exit code 2, never a traceback.
 """
@@ -9,6 +10,7 @@ option) end with a one-line message and exit code 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from collections.abc import Sequence
@@ -17,6 +19,7 @@ from pathlib import Path
 from balora.argparsing import add_dataclass_arguments, dataclass_from_args
 from balora.config import BaLoRAConfig
 from balora.methods import METHODS, TrainConfig
+from balora.recipes.mof import MOFTaskConfig
 from balora.recipes.multiple_choice import MultipleChoiceTaskConfig
 from balora.recipes.text import TextTaskConfig
 from balora.recipes.vision import VisionTaskConfig
@@ -26,6 +29,7 @@ TASK_CONFIGS: dict[str, type] = {
     "text": TextTaskConfig,
     "multiple-choice": MultipleChoiceTaskConfig,
     "vision": VisionTaskConfig,
+    "mof": MOFTaskConfig,
 }
 
 
@@ -39,10 +43,19 @@ def _common_training_options(parser: argparse.ArgumentParser, *, methods: bool, 
         default="text",
         choices=sorted(TASK_CONFIGS),
         help="text: sequence classification; multiple-choice: a causal LM scores option "
-        "letters; vision: image classification (default: text; `--task vision --help` lists "
-        "that task's options)",
+        "letters; vision: image classification; mof: MOF band-gap regression with a Gaussian "
+        "head (default: text; `--task vision --help` lists that task's options)",
     )
-    add_dataclass_arguments(parser, TASK_CONFIGS[task], title=f"data and backbone ({task})")
+    adapter_fields = {f.name for f in dataclasses.fields(BaLoRAConfig)}
+    add_dataclass_arguments(
+        parser,
+        TASK_CONFIGS[task],
+        title=f"data and backbone ({task})",
+        # a field both configs have (mof: target_modules) is the adapter's option, given to both
+        exclude=tuple(
+            f.name for f in dataclasses.fields(TASK_CONFIGS[task]) if f.name in adapter_fields
+        ),
+    )
     add_dataclass_arguments(
         parser,
         BaLoRAConfig,
@@ -65,6 +78,15 @@ def _device_option(parser: argparse.ArgumentParser) -> None:
         default="auto",
         help="where to train and predict: cpu, cuda, cuda:1, ... (default: auto, the GPU when "
         "there is one)",
+    )
+
+
+def _run_task_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--task",
+        default=None,
+        choices=sorted(TASK_CONFIGS),
+        help="the run's task, checked against its run.json (default: read from run.json)",
     )
 
 
@@ -92,11 +114,18 @@ def build_parser(task: str = "text") -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="metrics JSON and plots of a trained run")
     p.add_argument("run", type=Path, help="run directory written by `balora train`")
+    _run_task_option(p)
     p.add_argument(
         "--data",
         help="data to evaluate on: a CSV/JSONL file for text runs, a file in the dataset's "
-        "format for multiple-choice runs, an image folder DIR/<class>/<image> for vision runs "
-        "(default: the run's test split)",
+        "format for multiple-choice runs, an image folder DIR/<class>/<image> for vision runs, "
+        "a label CSV (name,n_atoms,gap_ev) for mof runs (default: the run's test split)",
+    )
+    p.add_argument(
+        "--cif-dir",
+        type=Path,
+        default=None,
+        help="mof runs: the folder of --data's CIFs, <name>.cif (default: --data's folder)",
     )
     p.add_argument("--text-column", default=None, help="text column of --data")
     p.add_argument("--label-column", default=None, help="label column of --data")
@@ -104,19 +133,21 @@ def build_parser(task: str = "text") -> argparse.ArgumentParser:
     _device_option(p)
     p.add_argument("--output", "-o", type=Path, help="where to write (default: RUN/eval)")
 
-    p = sub.add_parser("predict", help="label, probability and uncertainty per input")
+    p = sub.add_parser("predict", help="prediction and uncertainty per input")
     p.add_argument("run", type=Path, help="run directory written by `balora train`")
+    _run_task_option(p)
     p.add_argument(
         "texts",
         nargs="*",
         metavar="INPUT",
-        help="texts to classify (text runs), or image files / folders of images (vision runs)",
+        help="texts to classify (text runs), image files / folders of images (vision runs), or "
+        "CIF files / folders of CIFs (mof runs)",
     )
     p.add_argument(
         "--file",
         type=Path,
         help="text runs: a file with one input per line; multiple-choice runs: a file of "
-        "questions in the dataset's format; vision runs: a file listing image paths",
+        "questions in the dataset's format; vision and mof runs: a file listing input paths",
     )
     p.add_argument("--num-samples", type=int, default=16, help="posterior samples (default: 16)")
     p.add_argument(

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
+import math
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,7 @@ from balora.argparsing import dataclass_from_args
 from balora.cli import DEMO_METHODS, TASK_CONFIGS, UserError, adapter_config
 from balora.config import BaLoRAConfig
 from balora.experiments import compare as run_comparison
-from balora.experiments.evaluate import classification_evaluation
+from balora.experiments.evaluate import classification_evaluation, regression_evaluation
 from balora.experiments.plots import plot_evaluation
 from balora.experiments.runner import predict_data
 from balora.io import write_json
@@ -28,6 +30,17 @@ from balora.recipes.common import (
     read_run,
     run_record,
     save_method_weights,
+)
+from balora.recipes.mof import (
+    MOFTaskConfig,
+    collate,
+    featurize_many,
+    fresh_model,
+    load_mof_backbone,
+    load_mof_dataset,
+    load_mof_run_task,
+    mof_data,
+    read_structures,
 )
 from balora.recipes.multiple_choice import (
     encode_examples,
@@ -47,15 +60,19 @@ from balora.recipes.vision import (
     load_vision_task,
     to_data,
 )
+from balora.tasks.mof import read_cif
 from balora.tasks.multiple_choice import load_multiple_choice
 from balora.tasks.text import load_text_file
 from balora.tasks.vision import load_image_folder, read_images
 
 EVAL_BATCH = 128
+# Crystals per prediction call: CHGNet's angle graphs make larger batches run out of memory
+MOF_EVAL_BATCH = {"chgnet": 8, "cgcnn": 64}
 TASK_LOADERS = {
     "text": load_text_task,
     "multiple-choice": load_multiple_choice_task,
     "vision": load_vision_task,
+    "mof": functools.partial(load_mof_run_task, progress=True),
 }
 
 
@@ -93,6 +110,8 @@ def train(args: argparse.Namespace) -> int:
     task_cfg = dataclass_from_args(TASK_CONFIGS[args.task], args)
     train_cfg = dataclass_from_args(TrainConfig, args)
     device = _device(args)
+    if args.task == "mof":
+        return _train_mof(args, _absolute_paths(task_cfg), train_cfg, device)
     task = TASK_LOADERS[args.task](task_cfg)
     adapter = adapter_config(args, task.target_modules, task.modules_to_save)
     factory, train_data, val, _, _ = _on_device(task, device)
@@ -133,10 +152,170 @@ def train(args: argparse.Namespace) -> int:
     return 0
 
 
+# ── MOF band gaps (regression with a Gaussian head) ────────────────────────────────────────
+
+
+def _absolute_paths(cfg: MOFTaskConfig) -> MOFTaskConfig:
+    """`cfg` with its data paths absolute, so that run.json works from any directory."""
+    paths = {k: getattr(cfg, k) for k in ("labels", "cif_dir", "qmof", "cache_dir")}
+    return replace(cfg, **{k: str(Path(v).resolve()) for k, v in paths.items() if v is not None})
+
+
+def _report_skipped(command: str, errors: dict[int, Exception]) -> None:
+    for error in errors.values():
+        print(f"balora {command}: skipped: {error}", file=sys.stderr)
+
+
+def _regression_summary(metrics: dict[str, Any]) -> str:
+    def number(key: str) -> str:
+        value = metrics.get(key)
+        return "undefined" if value is None else f"{value:.4f}"
+
+    return (
+        f"MAE {number('mae')} eV, RMSE {number('rmse')} eV, NLL {number('nll')}, "
+        f"95% coverage {number('coverage_95')}"
+    )
+
+
+def _train_mof(
+    args: argparse.Namespace, cfg: MOFTaskConfig, train_cfg: TrainConfig, device: torch.device
+) -> int:
+    task = load_mof_run_task(cfg, progress=train_cfg.progress)
+    _report_skipped("train", task.errors)
+    adapter = adapter_config(args, task.target_modules, task.modules_to_save)
+    factory, train_data, val, _, _ = _on_device(task, device)
+    method = make_method(
+        args.method,
+        factory,
+        "regression",
+        gaussian=True,
+        adapter=adapter,
+        train=train_cfg,
+        seed=args.seed,
+    )
+    print(
+        f"training {args.method} on {len(task.train)} structures "
+        f"({len(task.val)} validation, {device}), {cfg.backbone} backbone, band gaps in eV"
+    )
+    report = method.fit(train_data, val)
+    batch = MOF_EVAL_BATCH[cfg.backbone]
+    pred = predict_data(method, val, 16 if method.stochastic else 0, seed=0, batch_size=batch)
+    val_metrics, _ = regression_evaluation(pred, val.targets)
+    out: Path = args.output
+    out.mkdir(parents=True, exist_ok=True)
+    save_method_weights(method, out)
+    write_json(
+        out / RUN_FILE,
+        run_record(
+            task="mof",
+            method=args.method,
+            seed=args.seed,
+            data=asdict(cfg),
+            adapter=adapter.to_dict(),
+            train=asdict(train_cfg),
+            skipped={str(e.name or i): e.reason for i, e in task.errors.items()},
+            history=report.history,
+            best_epoch=report.best_epoch,
+            train_seconds=report.train_seconds,
+            trainable_parameters=method.trainable_parameters(),
+            validation=val_metrics,
+        ),
+    )
+    print(f"validation: {_regression_summary(val_metrics)} (S={pred.num_samples}); wrote {out}")
+    return 0
+
+
+def _cif_paths(items: list[str]) -> tuple[list[Path], dict[str, str]]:
+    """CIF files from file and folder arguments (a folder: its *.cif files), and why each
+    unusable argument was skipped."""
+    paths, errors = [], {}
+    for item in items:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.suffix.lower() == ".cif" and p.is_file())
+            if not found:
+                errors[item] = "a folder without .cif files"
+            paths += found
+        elif path.is_file():
+            paths.append(path)
+        else:
+            errors[item] = "no such file or folder"
+    return paths, errors
+
+
+def _std(variance: torch.Tensor) -> float:
+    """A standard deviation from a variance, to 4 significant digits."""
+    return float(f"{math.sqrt(max(float(variance), 0.0)):.4g}")
+
+
+def _predict_mof(run: dict[str, Any], method: Method, items: list[str], args: argparse.Namespace):
+    """Per readable CIF: the predicted gap (eV) and its standard deviations; prints the
+    skipped inputs. Raises `UserError` when no input could be used."""
+    cfg = MOFTaskConfig(**run["data"])
+    paths, errors = _cif_paths(items)
+    structures, names = [], []
+    for path in paths:
+        try:
+            structures.append(read_cif(path))
+            names.append(str(path))
+        except (ValueError, ImportError) as e:
+            message = str(e).removeprefix(f"cannot read CIF file {path}: ")
+            errors[str(path)] = message
+    done = featurize_many(structures, cfg, names)
+    errors.update({names[i]: e.reason for i, e in done.errors.items()})
+    for name, reason in errors.items():
+        print(f"balora predict: skipped: {name}: {reason}", file=sys.stderr)
+    if not done.graphs:
+        raise UserError("no readable structure among the inputs")
+    device = next(method.model.parameters()).device
+    batch = MOF_EVAL_BATCH[cfg.backbone]
+    rows = []
+    for start in range(0, len(done.graphs), batch):
+        inputs = collate(done.graphs[start : start + batch])
+        inputs = {k: v.to(device) for k, v in inputs.items()}
+        pred = method.predict(inputs, args.num_samples, seed=start // batch)
+        for j in range(len(pred)):
+            rows.append(
+                {
+                    "structure": names[done.index[start + j]],
+                    "gap_ev": round(float(pred.mean[j]), 4),
+                    "std_ev": _std(pred.total[j]),
+                    "aleatoric_std_ev": _std(pred.aleatoric[j]),
+                    "epistemic_std_ev": _std(pred.epistemic[j]),
+                }
+            )
+    return rows
+
+
+def _mof_evaluation_data(run: dict[str, Any], args: argparse.Namespace, model: Any) -> Data:
+    """Every structure of ``--data`` (a label CSV; CIFs in ``--cif-dir``, default the CSV's
+    folder), or the run's own test split."""
+    cfg = MOFTaskConfig(**run["data"])
+    if args.data is None:
+        task = load_mof_run_task(cfg, model=model, progress=True)
+        _report_skipped("evaluate", task.errors)
+        return task.test
+    cif_dir = args.cif_dir if args.cif_dir is not None else Path(args.data).parent
+    source = replace(cfg, labels=str(args.data), cif_dir=str(cif_dir), qmof=None)
+    dataset = load_mof_dataset(source)
+    structures, kept, errors = read_structures(dataset)
+    names = [dataset.names[i] for i in kept]
+    done = featurize_many(structures, cfg, names, progress=True)
+    _report_skipped("evaluate", {**errors, **{kept[i]: e for i, e in done.errors.items()}})
+    if not done.graphs:
+        raise UserError(f"no structure of {args.data} could be read")
+    return mof_data(done.graphs, dataset.gaps_ev[[kept[i] for i in done.index]])
+
+
+def _check_task(run: dict[str, Any], args: argparse.Namespace) -> None:
+    if args.task is not None and args.task != run["task"]:
+        raise UserError(f"--task {args.task}, but {args.run} holds a {run['task']} run")
+
+
 def _load_trained(run_dir: Path, device: torch.device) -> tuple[dict[str, Any], Method, Any]:
     """The run record, the method with its trained weights, and what encodes new inputs: the
-    tokenizer (text runs), the loaded task (multiple-choice runs) or nothing (vision runs: the
-    model takes raw images)."""
+    tokenizer (text runs), the loaded task (multiple-choice runs), the `load_mof_backbone`
+    result (mof runs) or nothing (vision runs: the model takes raw images)."""
     run = read_run(run_dir)
     if run["task"] not in TASK_CONFIGS:
         raise UserError(f"{run_dir} holds an unknown task {run['task']!r}")
@@ -147,13 +326,18 @@ def _load_trained(run_dir: Path, device: torch.device) -> tuple[dict[str, Any], 
     elif run["task"] == "vision":
         model, _, _ = load_vision_backbone(task_cfg, run["label_names"])
         encoder, factory = None, lambda: copy.deepcopy(model)
+    elif run["task"] == "mof":  # the backbone (for evaluation) and a fresh-head factory
+        encoder = load_mof_backbone(task_cfg)
+        factory = functools.partial(fresh_model, encoder[0])
     else:
         encoder = load_multiple_choice_task(task_cfg, label_names=run["label_names"])
         factory = encoder.model_factory
+    regression = {"gaussian": True} if run["task"] == "mof" else {}
     method = make_method(
         run["method"],
         lambda: factory().to(device),
-        "classification",
+        "regression" if regression else "classification",
+        **regression,
         adapter=BaLoRAConfig.from_dict(run["adapter"]),
         train=TrainConfig(**run["train"]),
         seed=run["seed"],
@@ -167,12 +351,13 @@ def _read_inputs(run: dict[str, Any], args: argparse.Namespace) -> list[Any]:
     the arguments."""
     if args.file is not None and not args.file.is_file():
         raise UserError(f"no such file: {args.file}")
-    if run["task"] == "vision":
+    if run["task"] in ("vision", "mof"):
         paths = list(args.texts)
         if args.file is not None:
             paths += [line.strip() for line in args.file.read_text().splitlines() if line.strip()]
         if not paths:
-            raise UserError("give image files or folders of images, or --file listing them")
+            what = "image files or folders of images" if run["task"] == "vision" else "CIF files"
+            raise UserError(f"give {what}, or --file listing them")
         return paths
     if run["task"] == "text":
         texts = list(args.texts)
@@ -191,9 +376,15 @@ def predict(args: argparse.Namespace) -> int:
     if args.num_samples < 0:
         raise UserError(f"--num-samples must be >= 0, got {args.num_samples}")
     run = read_run(args.run)
+    _check_task(run, args)
     items = _read_inputs(run, args)
     device = _device(args)
     run, method, encoder = _load_trained(args.run, device)
+    if run["task"] == "mof":
+        rows = _predict_mof(run, method, items, args)
+        columns = ["gap_ev", "std_ev", "aleatoric_std_ev", "epistemic_std_ev", "structure"]
+        _print_rows(rows, columns, args.format)
+        return 0
     if run["task"] == "text":
         texts = items
         inputs = encode_texts(encoder, texts, run["data"]["max_length"])
@@ -227,18 +418,23 @@ def predict(args: argparse.Namespace) -> int:
     key = "image" if run["task"] == "vision" else "text"
     if key != "text":
         rows = [{key: r.pop("text"), **r} for r in rows]
-    if args.format == "jsonl":
+    _print_rows(rows, ["label", "probability", "total", "aleatoric", "epistemic", key], args.format)
+    return 0
+
+
+def _print_rows(rows: list[dict[str, Any]], columns: list[str], form: str) -> None:
+    if form == "jsonl":
         for row in rows:
             print(json.dumps(row))
     else:
-        print(_table(rows, ["label", "probability", "total", "aleatoric", "epistemic", key]))
-    return 0
+        print(_table(rows, columns))
 
 
 def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     def cell(value: Any, col: str) -> str:
         text = str(value)
-        return text if col not in ("text", "image") or len(text) <= 60 else "..." + text[-57:]
+        long = col in ("text", "image", "structure") and len(text) > 60
+        return "..." + text[-57:] if long else text
 
     cells = [[cell(r[c], c) for c in columns] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
@@ -250,7 +446,7 @@ def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
 def _evaluation_data(run: dict[str, Any], args: argparse.Namespace) -> Any:
     """Examples to evaluate on, read before the model is loaded (fail fast): every row of
     ``--data``, or ``None`` for the run's own test split."""
-    if args.data is None:
+    if args.data is None or run["task"] == "mof":  # mof: read with the backbone's settings
         return None
     if run["task"] == "text":
         cfg = run["data"]
@@ -278,10 +474,13 @@ def evaluate(args: argparse.Namespace) -> int:
     if any(s < 0 for s in args.num_samples):
         raise UserError(f"--num-samples must be >= 0, got {args.num_samples}")
     run = read_run(args.run)
+    _check_task(run, args)
     rows = _evaluation_data(run, args)
     device = _device(args)
     run, method, encoder = _load_trained(args.run, device)
     task_cfg = TASK_CONFIGS[run["task"]](**run["data"])
+    if run["task"] == "mof":
+        return _evaluate_mof(args, run, method, _mof_evaluation_data(run, args, encoder), device)
     if run["task"] == "text":
         if rows is None:  # the whole test split of the run's data
             rows = load_text_data(TextTaskConfig(**run["data"])).test
@@ -327,10 +526,51 @@ def evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate_mof(
+    args: argparse.Namespace, run: dict[str, Any], method: Method, test: Data, device: torch.device
+) -> int:
+    """Regression metrics of a mof run at each S (no plot: `plot_evaluation` is for
+    classification)."""
+    test = test.to(device)
+    batch = MOF_EVAL_BATCH[run["data"]["backbone"]]
+    counts = sorted({0, *args.num_samples}) if method.stochastic else [0]
+    results = {}
+    for s in counts:
+        start = time.perf_counter()
+        pred = predict_data(method, test, s, seed=0, batch_size=batch)
+        metrics, reasons = regression_evaluation(pred, test.targets)
+        metrics["seconds"] = time.perf_counter() - start
+        results[str(s)] = {"metrics": metrics, "undefined": reasons}
+    out: Path = args.output or args.run / "eval"
+    write_json(
+        out / "metrics.json",
+        run_record(run=str(args.run), method=run["method"], examples=len(test), by_samples=results),
+    )
+    best = results[str(counts[-1])]["metrics"]
+    print(
+        f"{run['method']} on {len(test)} structures (S={counts[-1]}): "
+        f"{_regression_summary(best)}; wrote {out / 'metrics.json'}"
+    )
+    return 0
+
+
 def compare(args: argparse.Namespace) -> int:
     task_cfg = dataclass_from_args(TASK_CONFIGS[args.task], args)
     train_cfg = dataclass_from_args(TrainConfig, args)
+    if args.task == "mof":
+        task_cfg = _absolute_paths(task_cfg)
     task = TASK_LOADERS[args.task](task_cfg)
+    regression: dict[str, Any] = {}
+    if args.task == "mof":
+        _report_skipped("compare", task.errors)
+        args.output.mkdir(parents=True, exist_ok=True)
+        skipped = {str(e.name or i): e.reason for i, e in task.errors.items()}
+        write_json(args.output / "data.json", {"data": asdict(task_cfg), "skipped": skipped})
+        regression = {
+            "task": "regression",
+            "gaussian": True,
+            "eval_batch_size": MOF_EVAL_BATCH[task_cfg.backbone],
+        }
     adapter = adapter_config(args, task.target_modules, task.modules_to_save)
     methods = [(m, _method_options(m, args)) for m in args.methods]
     factory, train_data, val, test, ood = _on_device(task, _device(args))
@@ -347,6 +587,7 @@ def compare(args: argparse.Namespace) -> int:
         ood=ood,
         output_dir=args.output,
         resume=not args.no_resume,
+        **regression,
     )
     print(results.markdown())
     return 0

@@ -2,8 +2,9 @@
 
 When adapters sit only in the later layers, everything a forward pass computes before the first
 adapted layer is the same for every posterior sample. `record_prefix` runs the model once on the
-b-row batch, stops as soon as the first BaLoRA layer is called, and keeps the output of every
-top-most module that finished before that (e.g. the embeddings and the unadapted blocks).
+b-row batch and keeps the output of every top-most module that finished before the first BaLoRA
+layer was called and is called only once in the pass (e.g. the embeddings and the unadapted
+blocks).
 Inside `replay_prefix(record, n)` those modules return their recorded output repeated n times
 along the batch dimension instead of computing it, so a forward pass over the batch repeated
 n times computes only the adapted suffix n times::
@@ -25,7 +26,7 @@ repeated. Tensors whose first dimension is not the batch size (e.g. rotary table
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,10 +37,6 @@ from balora.inject import get_adapter
 from balora.layers import BaLoRALayer
 
 __all__ = ["PrefixRecord", "record_prefix", "replay_prefix"]
-
-
-class _PrefixEnd(Exception):
-    """Raised by the first adapted layer to end the recording pass."""
 
 
 @dataclass(frozen=True)
@@ -58,10 +55,11 @@ def _call(model: nn.Module, inputs: Tensor | Mapping[str, Any]) -> Any:
 
 @torch.no_grad()
 def record_prefix(model: nn.Module, inputs: Tensor | Mapping[str, Any]) -> PrefixRecord:
-    """Run `model` on `inputs` up to its first adapted layer; keep the prefix's outputs.
+    """Run `model` on `inputs`; keep the outputs of the modules that finished before its first
+    adapted layer and that the forward pass calls exactly once.
 
     The model must be in eval mode (dropout in the prefix would make samples differ). Costs one
-    pass of the prefix over the b rows of `inputs`; the rest of the model does not run.
+    posterior-mean pass over the b rows of `inputs`.
     """
     get_adapter(model)  # a model without adapters has no prefix to cache
     if any(m.training for m in model.modules()):
@@ -79,11 +77,12 @@ def record_prefix(model: nn.Module, inputs: Tensor | Mapping[str, Any]) -> Prefi
         calls[id(module)] = calls.get(id(module), 0) + 1
 
     def after(module: nn.Module, args: Any, output: Any) -> None:
-        finished[id(module)] = (len(finished), output)
+        # outputs are kept only for modules that finish before the first adapter
+        finished[id(module)] = (len(finished), None if stop_at else output)
 
     def stop(module: nn.Module, args: Any) -> None:
-        stop_at.append(len(finished))
-        raise _PrefixEnd
+        if not stop_at:
+            stop_at.append(len(finished))
 
     named = [(n, m) for n, m in model.named_modules() if m is not model]
     handles = []
@@ -94,8 +93,9 @@ def record_prefix(model: nn.Module, inputs: Tensor | Mapping[str, Any]) -> Prefi
             else:
                 handles.append(module.register_forward_pre_hook(before))
                 handles.append(module.register_forward_hook(after))
-        with suppress(_PrefixEnd):
-            _call(model, inputs)
+        # the whole forward runs: a module is only a prefix module if it is called once in all
+        # of it (EfficientNet calls one shared activation module before and after its adapters)
+        _call(model, inputs)
     finally:
         for handle in handles:
             handle.remove()

@@ -65,6 +65,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import csv
+import dataclasses
 import functools
 import hashlib
 import io
@@ -103,9 +105,12 @@ __all__ = [
     "load_cgcnn",
     "load_chgnet",
     "load_mof_backbone",
+    "load_mof_dataset",
+    "load_mof_run_task",
     "load_mof_task",
     "mof_data",
     "random_split",
+    "read_structures",
     "size_shift_split",
     "structure_key",
 ]
@@ -156,6 +161,18 @@ class MOFTaskConfig:
     """Fraction of the structures held out for testing."""
     split_seed: int = 0
     """Seed of the splits."""
+    labels: str | None = None
+    """Label CSV (``name,n_atoms,gap_ev,...`` as written by scripts/label_mof_band_gaps.py;
+    ``None``: the CoRE MOF GFN1-xTB labels that ship with balora)."""
+    cif_dir: str | None = None
+    """Folder holding the labels' CIFs as <name>.cif (``None``: the extracted CoRE MOF
+    2019-ASR archive of the core-mof package)."""
+    qmof: str | None = None
+    """A QMOF download (folder, qmof.csv or qmof.json) to train on instead of the labels (PBE
+    band gaps)."""
+    max_frac_occ: float | None = 0.01
+    """Labels whose frac_occ diagnostic exceeds this are dropped (partial occupations at the
+    Fermi level: structures with missing atoms); unused when the CSV has no frac_occ column."""
 
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONES:
@@ -187,6 +204,9 @@ class MOFTaskConfig:
                 "val_fraction + test_fraction must leave training data, got "
                 f"{self.val_fraction} + {self.test_fraction}"
             )
+
+        if self.qmof is not None and (self.labels is not None or self.cif_dir is not None):
+            raise ValueError("qmof replaces the labels: give qmof, or labels / cif_dir, not both")
 
     @property
     def cutoff(self) -> float:
@@ -1139,4 +1159,65 @@ def load_mof_task(
         base_model=backbone,
         target_modules=targets,
         modules_to_save=heads,
+    )
+
+
+def read_structures(
+    dataset: Any,
+) -> tuple[list[Any], list[int], dict[int, UnsupportedStructureError]]:
+    """Parse every structure of a `MofDataset`: ``(structures, their positions, errors)``; an
+    unreadable CIF becomes an error of its position instead of ending the load."""
+    structures, kept, errors = [], [], {}
+    for i in range(len(dataset)):
+        try:
+            structures.append(dataset.structure(i))
+            kept.append(i)
+        except (ValueError, FileNotFoundError) as e:
+            errors[i] = UnsupportedStructureError(str(e), dataset.names[i])
+    return structures, kept, errors
+
+
+def load_mof_dataset(cfg: MOFTaskConfig) -> Any:
+    """The `MofDataset` that `cfg` names: `cfg.qmof`, else the label CSV `cfg.labels` (default:
+    the labels that ship with balora) with its CIFs, at most `cfg.max_atoms` atoms per cell."""
+    from balora.tasks.mof import default_labels_path, load_band_gap_labels, load_qmof
+
+    if cfg.qmof is not None:
+        return load_qmof(cfg.qmof, max_atoms=cfg.max_atoms)
+    path = Path(cfg.labels) if cfg.labels is not None else default_labels_path()
+    max_frac_occ = cfg.max_frac_occ
+    if max_frac_occ is not None and path.is_file():
+        with open(path, newline="", encoding="utf-8") as f:
+            header = next(csv.reader(f), [])
+        if "frac_occ" not in header:
+            max_frac_occ = None  # a CSV without the diagnostic: keep every row
+    return load_band_gap_labels(
+        path, cfg.cif_dir, max_atoms=cfg.max_atoms, max_frac_occ=max_frac_occ
+    )
+
+
+def load_mof_run_task(
+    cfg: MOFTaskConfig,
+    *,
+    model: tuple[CrystalRegressor, tuple[str, ...] | str, tuple[str, ...]] | None = None,
+    progress: bool = False,
+) -> MOFTask:
+    """`load_mof_task` on the data `cfg` names (`load_mof_dataset`). ``task.index`` and
+    ``task.errors`` count positions in that dataset; unreadable CIFs are errors too."""
+    dataset = load_mof_dataset(cfg)
+    if len(dataset) == 0:
+        raise ValueError("the MOF data source holds no structure within max_atoms")
+    structures, kept, unreadable = read_structures(dataset)
+    if not structures:
+        first = next(iter(unreadable.values()))
+        raise ValueError(f"no structure could be read; first error: {first}")
+    names = [dataset.names[i] for i in kept]
+    gaps = torch.as_tensor(dataset.gaps_ev[kept], dtype=torch.float32)
+    task = load_mof_task(cfg, structures, gaps, names, model=model, progress=progress)
+    position = torch.tensor(kept)
+    errors = {**unreadable, **{kept[i]: e for i, e in task.errors.items()}}
+    return dataclasses.replace(
+        task,
+        index={split: position[idx] for split, idx in task.index.items()},
+        errors=dict(sorted(errors.items())),
     )
