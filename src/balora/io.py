@@ -172,13 +172,10 @@ def read_config(directory: str | os.PathLike[str]) -> dict[str, Any]:
     return meta
 
 
-def load(
-    model: nn.Module,
+def read_adapter(
     directory: str | os.PathLike[str],
-    *,
-    feature_fn: FeatureFn | None = None,
-) -> nn.Module:
-    """Re-apply a saved adapter to a base model (in place) and return it."""
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The config and the tensors of a saved adapter, checked against the config's checksum."""
     directory = Path(directory)
     meta = read_config(directory)
     weights = directory / WEIGHTS_NAME
@@ -190,9 +187,20 @@ def load(
             "adapter was only partly written; save it again"
         )
     try:
-        tensors = load_file(weights)
+        return meta, load_file(weights)
     except (SafetensorError, OSError) as e:
         raise ValueError(f"cannot read {weights}: {e}") from e
+
+
+def load(
+    model: nn.Module,
+    directory: str | os.PathLike[str],
+    *,
+    feature_fn: FeatureFn | None = None,
+) -> nn.Module:
+    """Re-apply a saved adapter to a base model (in place) and return it."""
+    meta, tensors = read_adapter(directory)
+    weights = Path(directory) / WEIGHTS_NAME
     config = BaLoRAConfig.from_dict(meta["config"])
 
     modules = dict(model.named_modules())

@@ -38,11 +38,10 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from safetensors.torch import load_file
 from torch import nn
 
 from balora.inject import get_adapter
-from balora.io import WEIGHTS_NAME, _sha256, adapter_state_dict, read_config, save, write_json
+from balora.io import adapter_state_dict, read_adapter, save, write_json
 
 CHECKPOINT_PREFIX = "checkpoint-"
 _CHECKPOINT_RE = re.compile(rf"{CHECKPOINT_PREFIX}(\d+)")
@@ -155,12 +154,7 @@ def load_adapter_weights(model: nn.Module, directory: str | os.PathLike[str]) ->
     and therefore optimizer references, stay the same objects). Checks the checksum, the
     tensor names and the shapes."""
     inner = unwrap(model)
-    directory = Path(directory)
-    meta = read_config(directory)
-    weights = directory / WEIGHTS_NAME
-    if not weights.is_file() or _sha256(weights) != meta["weights_sha256"]:
-        raise ValueError(f"{weights} is missing or does not match its config (checksum)")
-    tensors = load_file(weights)
+    _, tensors = read_adapter(directory)
     expected = adapter_state_dict(inner)
     if set(tensors) != set(expected):
         diff = sorted(set(tensors) ^ set(expected))
