@@ -8,7 +8,9 @@ and train only the parameters it is meant to. Fits are cached per (method, case)
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import importlib
 import math
 
 import pytest
@@ -320,3 +322,29 @@ def test_laplace_prediction_in_chunks(monkeypatch):
     torch.testing.assert_close(chunked.mean, whole.mean, rtol=0, atol=0.1)
     ratio = chunked.epistemic.mean() / whole.epistemic.mean()
     assert 0.8 < ratio < 1.25, ratio
+
+
+@pytest.mark.parametrize("name", ["mc_dropout", "blob", "balora", "balora_constant"])
+def test_prediction_with_the_prefix_cache_equals_the_full_passes(name, monkeypatch):
+    balora_predict = importlib.import_module("balora.predict")  # the module, not the function
+    recorded = []
+    record = balora_predict.record_prefix
+    monkeypatch.setattr(
+        balora_predict, "record_prefix", lambda *a: recorded.append(1) or record(*a)
+    )
+    # adapters on fc2 only: fc1 is the frozen prefix that Method.predict runs once per batch
+    train, val, test = dataset("gaussian")
+    adapter = ADAPTER.replace(target_modules=["fc2"])
+    train_config = dataclasses.replace(TRAIN, epochs=1)
+    method = make_method(
+        name, factory(2), "regression", adapter=adapter, train=train_config, gaussian=True
+    )
+    method.fit(train, val)
+    method.model.double()
+    x = test.inputs.double()
+    cached = method.predict(x, 8, seed=3)
+    assert recorded  # the cache was used
+    full = balora.predict(method.model, x, 8, "regression", seed=3, gaussian=True)
+    assert cached.epistemic.abs().max() > 0  # the samples differ
+    for field in ("mean", "aleatoric", "epistemic"):
+        torch.testing.assert_close(getattr(cached, field), getattr(full, field))

@@ -237,7 +237,9 @@ class Method:
             return train_model(self, self.model, train, val)
 
     def predict(self, inputs: Inputs, num_samples: int = 32, seed: int | None = 0) -> Prediction:
-        """A `Prediction` from `num_samples` posterior samples (0: the point estimate)."""
+        """A `Prediction` from `num_samples` posterior samples (0: the point estimate). The
+        frozen prefix before the first adapted layer runs once per batch (`balora.prefix`): the
+        methods here are random only inside their adapters."""
         if self.model is None:
             raise RuntimeError(f"{self.name}: call fit() before predict()")
         return predict(
@@ -247,6 +249,7 @@ class Method:
             task=self.task,
             seed=seed,
             gaussian=self.gaussian,
+            cache_prefix=True,
         )
 
     def trainable_parameters(self) -> int:

@@ -905,6 +905,15 @@ class CHGNetRegressor(CrystalRegressor):
         return self._answer(out, crystal, output_hidden_states, return_dict)
 
 
+class _GaussianDistance(nn.Module):
+    """cgcnn2's GaussianDistance: bond lengths (Å) on Gaussians centred at 0, 0.2, ..., 8 Å. A
+    module, so that `balora.prefix` replays it instead of recomputing it for every sample."""
+
+    def forward(self, dist: Tensor) -> Tensor:
+        centers = torch.arange(NUM_DISTANCE_FEATURES, dtype=dist.dtype, device=dist.device)
+        return torch.exp(-((dist.unsqueeze(-1) - centers * CGCNN_STEP) ** 2) / CGCNN_STEP**2)
+
+
 class _CGCNNConv(nn.Module):
     """cgcnn2's ConvLayer on padded atoms (same submodules)."""
 
@@ -941,6 +950,7 @@ class CGCNNRegressor(CrystalRegressor):
         initial_noise_std: float = 1.0,
     ) -> None:
         super().__init__(net.embedding.out_features, initial_noise_std)
+        self.distance_expansion = _GaussianDistance()
         self.embedding = net.embedding
         self.convs = nn.ModuleList(_CGCNNConv(c) for c in net.convs)
         self.conv_to_fc = net.conv_to_fc
@@ -971,10 +981,7 @@ class CGCNNRegressor(CrystalRegressor):
         n = max(1, int(num_atoms.max()))
         mask = _mask(num_atoms, n)
         dtype = self.atom_table.dtype  # (the embedding may be wrapped)
-        dist = nbr_distance[:, :n].to(dtype)
-        # Gaussian expansion on centres 0, 0.2, ..., 8 Å, as cgcnn2's GaussianDistance
-        centers = torch.arange(NUM_DISTANCE_FEATURES, dtype=dtype, device=dist.device) * CGCNN_STEP
-        nbr_fea = torch.exp(-((dist.unsqueeze(-1) - centers) ** 2) / CGCNN_STEP**2)
+        nbr_fea = self.distance_expansion(nbr_distance[:, :n].to(dtype))  # (b, N, M, 41)
         atom = self.atom_table[atomic_numbers[:, :n].long()]  # (b, N, 92)
         atom = _linear(self.embedding, atom, mask)
         index = nbr_index[:, :n].long()
