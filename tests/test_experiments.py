@@ -333,7 +333,8 @@ def test_regression_end_to_end(tmp_path, gaussian):
         progress=False,
     )
     no_nan((tmp_path / "results.json").read_text())
-    for name in ("reliability.png", "uncertainty_vs_error.png", "metrics_vs_samples.png"):
+    names = ("reliability.png", "uncertainty_vs_error.png", "metrics_vs_samples.png")
+    for name in (*names, "epistemic_vs_error.png"):
         assert (tmp_path / name).stat().st_size > 5_000
     assert r"Spearman(std, \|err\|)" in (tmp_path / "results.md").read_text()
     for run in res.runs:

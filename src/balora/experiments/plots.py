@@ -231,22 +231,47 @@ def plot_uncertainty_vs_error(results: Results, path: Path) -> Path | None:
         )
         ax.legend(fontsize=8)
         return _save(fig, path)
+    return _std_vs_error(results, methods, "std", "spearman_std_abs_error", path)
+
+
+def _std_vs_error(
+    results: Results, methods: list[str], key: str, metric: str, path: Path
+) -> Path | None:
+    """Per method (seeds pooled, log-log): the std in arrays[`key`] against |error|."""
+    if key == "epistemic":  # stored as a variance; methods that do not sample have none
+        methods = [m for m in methods if results.summary(m, metric).defined > 0]
+        if not methods:
+            return None
+    colors = _colors(results)
     fig, axes = _grid(len(methods))
     for ax, m in zip(axes, methods, strict=True):
         arr = _pooled(results, m)
         if arr is not None:
             err = np.abs(arr["target"] - arr["mean"]).reshape(-1)
-            std = arr["std"].reshape(-1)
+            std = arr[key].reshape(-1)
+            std = np.sqrt(np.maximum(std, 0.0)) if key == "epistemic" else std
             ax.scatter(std, err, s=6, alpha=0.5, color=colors[m])
             lo = max(min(std.min(), err[err > 0].min() if (err > 0).any() else 1e-6), 1e-8)
             hi = max(std.max(), err.max())
             ax.plot([lo, hi], [lo, hi], "k--", lw=1)
             ax.set(xscale="log", yscale="log")
-        rho = results.summary(m, "spearman_std_abs_error").format(2)
+        rho = results.summary(m, metric).format(2)
         ax.set_title(f"{m}\nSpearman {rho}", fontsize=9)
-        ax.set(xlabel="predicted std", ylabel="|error|")
-    fig.suptitle(f"Predicted std vs |error| (S = {results.max_samples})", fontsize=10)
+        ax.set(
+            xlabel=f"predicted {'epistemic ' if key == 'epistemic' else ''}std", ylabel="|error|"
+        )
+    what = "Epistemic std" if key == "epistemic" else "Predicted std"
+    fig.suptitle(f"{what} vs |error| (S = {results.max_samples})", fontsize=10)
     return _save(fig, path)
+
+
+def plot_epistemic_vs_error(results: Results, path: Path) -> Path | None:
+    """Regression: the epistemic std alone (the spread over posterior samples or ensemble
+    members) vs |error| per method that has one (seeds pooled, log-log)."""
+    methods = [m for m in results.methods if results.runs_of(m)]
+    if results.task == "classification" or not methods:
+        return None
+    return _std_vs_error(results, methods, "epistemic", "spearman_epistemic_abs_error", path)
 
 
 # ── metrics vs S ────────────────────────────────────────────────────────────────────────────
@@ -366,6 +391,7 @@ def plot_results(results: Results, output_dir: Path | None = None) -> dict[str, 
         "uncertainty_vs_error": plot_uncertainty_vs_error(
             results, out / "uncertainty_vs_error.png"
         ),
+        "epistemic_vs_error": plot_epistemic_vs_error(results, out / "epistemic_vs_error.png"),
         "alpha": plot_alpha(results, out / "alpha.png"),
     }
     drawn["reliability"] = plot_reliability(results, out / "reliability.png")
