@@ -306,7 +306,7 @@ def test_resume_false_starts_again(done, tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("gaussian", [True, False])
-def test_regression_end_to_end(tmp_path, gaussian):
+def test_regression_end_to_end(tmp_path, gaussian, monkeypatch):
     g = torch.Generator().manual_seed(0)
 
     def data(n: int, lo: float = -2.0, hi: float = 2.0) -> Data:
@@ -352,6 +352,15 @@ def test_regression_end_to_end(tmp_path, gaussian):
     assert lora.metrics["spearman_epistemic_abs_error"] is None
     assert "spearman_epistemic_abs_error" in lora.undefined
     assert res.run("balora", 0).at(4).metrics["spearman_epistemic_abs_error"] is not None
+    # the MOF study's summary script reads the same numbers back
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from mof_summary import summarize
+
+    text = summarize([tmp_path], at=4)
+    mae = res.summary("balora", "mae", 4).format(3)
+    assert f"| balora | 1 | `{tmp_path.name}` | {mae} |" in text
+    assert "## balora against S" in text
+    assert "## ensemble against S" not in text
 
 
 # ── the pieces ─────────────────────────────────────────────────────────────────────────────
