@@ -106,25 +106,42 @@ def _method_options(name: str, args: argparse.Namespace) -> dict[str, Any]:
     return {"members": args.members} if name == "ensemble" and hasattr(args, "members") else {}
 
 
-def train(args: argparse.Namespace) -> int:
-    task_cfg = dataclass_from_args(TASK_CONFIGS[args.task], args)
-    train_cfg = dataclass_from_args(TrainConfig, args)
-    device = _device(args)
-    if args.task == "mof":
-        return _train_mof(args, _absolute_paths(task_cfg), train_cfg, device)
-    task = TASK_LOADERS[args.task](task_cfg)
+def _fit_and_save(
+    args: argparse.Namespace,
+    task: Any,
+    data_cfg: Any,
+    train_cfg: TrainConfig,
+    device: torch.device,
+    *,
+    regression: bool,
+    eval_batch: int,
+    describe: str,
+    **record: Any,
+) -> tuple[dict[str, Any], int]:
+    """Train ``args.method`` on `task`, evaluate it on the validation set (S = 16 for sampling
+    methods), save its weights and run.json (with `record`) in ``args.output``. Returns the
+    validation metrics and the S used."""
     adapter = adapter_config(args, task.target_modules, task.modules_to_save)
     factory, train_data, val, _, _ = _on_device(task, device)
+    kind = "regression" if regression else "classification"
     method = make_method(
-        args.method, factory, "classification", adapter=adapter, train=train_cfg, seed=args.seed
+        args.method,
+        factory,
+        kind,
+        gaussian=regression,
+        adapter=adapter,
+        train=train_cfg,
+        seed=args.seed,
     )
+    what = "structures" if regression else "examples"
     print(
-        f"training {args.method} on {len(task.train)} examples "
-        f"({len(task.val)} validation, {device}), labels {task.label_names}"
+        f"training {args.method} on {len(task.train)} {what} "
+        f"({len(task.val)} validation, {device}), {describe}"
     )
     report = method.fit(train_data, val)
-    pred = predict_data(method, val, 16 if method.stochastic else 0, seed=0, batch_size=EVAL_BATCH)
-    val_metrics, _ = classification_evaluation(pred, val.targets)
+    pred = predict_data(method, val, 16 if method.stochastic else 0, seed=0, batch_size=eval_batch)
+    evaluation = regression_evaluation if regression else classification_evaluation
+    val_metrics, _ = evaluation(pred, val.targets)
     out: Path = args.output
     out.mkdir(parents=True, exist_ok=True)
     save_method_weights(method, out)
@@ -134,10 +151,10 @@ def train(args: argparse.Namespace) -> int:
             task=args.task,
             method=args.method,
             seed=args.seed,
-            data=asdict(task_cfg),
+            data=asdict(data_cfg),
             adapter=adapter.to_dict(),
             train=asdict(train_cfg),
-            label_names=task.label_names,
+            **record,
             history=report.history,
             best_epoch=report.best_epoch,
             train_seconds=report.train_seconds,
@@ -145,9 +162,30 @@ def train(args: argparse.Namespace) -> int:
             validation=val_metrics,
         ),
     )
+    return val_metrics, pred.num_samples
+
+
+def train(args: argparse.Namespace) -> int:
+    task_cfg = dataclass_from_args(TASK_CONFIGS[args.task], args)
+    train_cfg = dataclass_from_args(TrainConfig, args)
+    device = _device(args)
+    if args.task == "mof":
+        return _train_mof(args, _absolute_paths(task_cfg), train_cfg, device)
+    task = TASK_LOADERS[args.task](task_cfg)
+    val_metrics, s = _fit_and_save(
+        args,
+        task,
+        task_cfg,
+        train_cfg,
+        device,
+        regression=False,
+        eval_batch=EVAL_BATCH,
+        describe=f"labels {task.label_names}",
+        label_names=task.label_names,
+    )
     print(
         f"validation: accuracy {val_metrics['accuracy']:.4f}, ECE {val_metrics['ece']:.4f}, "
-        f"NLL {val_metrics['nll']:.4f} (S={pred.num_samples}); wrote {out}"
+        f"NLL {val_metrics['nll']:.4f} (S={s}); wrote {args.output}"
     )
     return 0
 
@@ -182,46 +220,18 @@ def _train_mof(
 ) -> int:
     task = load_mof_run_task(cfg, progress=train_cfg.progress)
     _report_skipped("train", task.errors)
-    adapter = adapter_config(args, task.target_modules, task.modules_to_save)
-    factory, train_data, val, _, _ = _on_device(task, device)
-    method = make_method(
-        args.method,
-        factory,
-        "regression",
-        gaussian=True,
-        adapter=adapter,
-        train=train_cfg,
-        seed=args.seed,
+    val_metrics, s = _fit_and_save(
+        args,
+        task,
+        cfg,
+        train_cfg,
+        device,
+        regression=True,
+        eval_batch=MOF_EVAL_BATCH[cfg.backbone],
+        describe=f"{cfg.backbone} backbone, band gaps in eV",
+        skipped={str(e.name or i): e.reason for i, e in task.errors.items()},
     )
-    print(
-        f"training {args.method} on {len(task.train)} structures "
-        f"({len(task.val)} validation, {device}), {cfg.backbone} backbone, band gaps in eV"
-    )
-    report = method.fit(train_data, val)
-    batch = MOF_EVAL_BATCH[cfg.backbone]
-    pred = predict_data(method, val, 16 if method.stochastic else 0, seed=0, batch_size=batch)
-    val_metrics, _ = regression_evaluation(pred, val.targets)
-    out: Path = args.output
-    out.mkdir(parents=True, exist_ok=True)
-    save_method_weights(method, out)
-    write_json(
-        out / RUN_FILE,
-        run_record(
-            task="mof",
-            method=args.method,
-            seed=args.seed,
-            data=asdict(cfg),
-            adapter=adapter.to_dict(),
-            train=asdict(train_cfg),
-            skipped={str(e.name or i): e.reason for i, e in task.errors.items()},
-            history=report.history,
-            best_epoch=report.best_epoch,
-            train_seconds=report.train_seconds,
-            trainable_parameters=method.trainable_parameters(),
-            validation=val_metrics,
-        ),
-    )
-    print(f"validation: {_regression_summary(val_metrics)} (S={pred.num_samples}); wrote {out}")
+    print(f"validation: {_regression_summary(val_metrics)} (S={s}); wrote {args.output}")
     return 0
 
 
