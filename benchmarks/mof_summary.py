@@ -58,8 +58,9 @@ def summarize(folders: Sequence[Path], at: int) -> str:
                 continue
             lines += ["", f"## {m} against S (`{res.output_dir.name}`)", ""]
             lines += _header(["S"])
-            for s in res.num_samples:
-                lines.append("| " + " | ".join([str(s), *_row(res, m, s)]) + " |")
+            for s in (0, *res.num_samples):  # 0: the posterior mean, one deterministic pass
+                label = "0 (mean)" if s == 0 else str(s)
+                lines.append("| " + " | ".join([label, *_row(res, m, s)]) + " |")
     lines += ["", "## Cost (mean over seeds)", "", "| method | from | train s | predict s |"]
     lines.append("|---|---|---|---|")
     for res in loaded:
