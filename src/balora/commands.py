@@ -9,6 +9,7 @@ import json
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from balora.experiments.plots import plot_evaluation
 from balora.experiments.runner import predict_data
 from balora.io import write_json
 from balora.methods import Data, Method, TrainConfig, make_method
+from balora.predict import Prediction
 from balora.recipes.common import (
     RUN_FILE,
     load_method_weights,
@@ -508,22 +510,14 @@ def evaluate(args: argparse.Namespace) -> int:
     test = test.to(device)
     ood = load_ood(task_cfg) if run["task"] == "vision" and args.data is None else None
     ood = None if ood is None else to_data(ood).to(device)
-    counts = sorted({0, *args.num_samples}) if method.stochastic else [0]
-    results, pred = {}, None
-    for s in counts:
-        start = time.perf_counter()
-        pred = predict_data(method, test, s, seed=0, batch_size=EVAL_BATCH)
+
+    def score(pred: Prediction, s: int) -> tuple[dict[str, Any], dict[str, str]]:
         ood_pred = None
         if ood is not None:
             ood_pred = predict_data(method, ood, s, seed=1, batch_size=EVAL_BATCH)
-        metrics, reasons = classification_evaluation(pred, test.targets, ood_pred)
-        metrics["seconds"] = time.perf_counter() - start
-        results[str(s)] = {"metrics": metrics, "undefined": reasons}
-    out: Path = args.output or args.run / "eval"
-    write_json(
-        out / "metrics.json",
-        run_record(run=str(args.run), method=run["method"], examples=len(test), by_samples=results),
-    )
+        return classification_evaluation(pred, test.targets, ood_pred)
+
+    results, pred, counts, out = _metrics_by_samples(args, run, method, test, EVAL_BATCH, score)
     plot = plot_evaluation(
         pred, test.targets, {int(k): v["metrics"] for k, v in results.items()}, out / "eval.png"
     )
@@ -536,6 +530,33 @@ def evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _metrics_by_samples(
+    args: argparse.Namespace,
+    run: dict[str, Any],
+    method: Method,
+    test: Data,
+    batch_size: int,
+    score: Callable[[Prediction, int], tuple[dict[str, Any], dict[str, str]]],
+) -> tuple[dict[str, Any], Prediction, list[int], Path]:
+    """Predict `test` at S = 0 and each ``args.num_samples`` (0 only for a method that does not
+    sample), `score` each prediction (with its S; timed with it), write metrics.json. Returns
+    the results by S, the last prediction, the S values and the output folder."""
+    counts = sorted({0, *args.num_samples}) if method.stochastic else [0]
+    results = {}
+    for s in counts:
+        start = time.perf_counter()
+        pred = predict_data(method, test, s, seed=0, batch_size=batch_size)
+        metrics, reasons = score(pred, s)
+        metrics["seconds"] = time.perf_counter() - start
+        results[str(s)] = {"metrics": metrics, "undefined": reasons}
+    out: Path = args.output or args.run / "eval"
+    write_json(
+        out / "metrics.json",
+        run_record(run=str(args.run), method=run["method"], examples=len(test), by_samples=results),
+    )
+    return results, pred, counts, out
+
+
 def _evaluate_mof(
     args: argparse.Namespace, run: dict[str, Any], method: Method, test: Data, device: torch.device
 ) -> int:
@@ -543,18 +564,8 @@ def _evaluate_mof(
     classification)."""
     test = test.to(device)
     batch = MOF_EVAL_BATCH[run["data"]["backbone"]]
-    counts = sorted({0, *args.num_samples}) if method.stochastic else [0]
-    results = {}
-    for s in counts:
-        start = time.perf_counter()
-        pred = predict_data(method, test, s, seed=0, batch_size=batch)
-        metrics, reasons = regression_evaluation(pred, test.targets)
-        metrics["seconds"] = time.perf_counter() - start
-        results[str(s)] = {"metrics": metrics, "undefined": reasons}
-    out: Path = args.output or args.run / "eval"
-    write_json(
-        out / "metrics.json",
-        run_record(run=str(args.run), method=run["method"], examples=len(test), by_samples=results),
+    results, _, counts, out = _metrics_by_samples(
+        args, run, method, test, batch, lambda pred, _s: regression_evaluation(pred, test.targets)
     )
     best = results[str(counts[-1])]["metrics"]
     print(
