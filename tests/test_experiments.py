@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import balora
+from balora.dataset import Data
 from balora.experiments import (
     AlphaSummary,
     MethodSpec,
@@ -27,7 +28,7 @@ from balora.experiments.evaluate import classification_evaluation, regression_ev
 from balora.experiments.measure import PeakMemoryMeter
 from balora.experiments.runner import resolve_methods
 from balora.io import finite_or_none, write_json
-from balora.methods import METHODS, Data, TrainConfig
+from balora.methods import METHODS, TrainConfig
 from balora.predict import Prediction
 from tests.conftest import MLP
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
 import balora
-from balora.io import CONFIG_NAME, WEIGHTS_NAME
+from balora.io import CONFIG_NAME, WEIGHTS_NAME, cache_dir, publish_dir, write_files
 from tests.conftest import MLP, tiny_bert
 
 
@@ -108,12 +109,14 @@ def test_crash_mid_save_keeps_previous_adapter(tmp_path, monkeypatch):
     first = adapted(seed=0)
     balora.save(first, tmp_path)
 
-    def crash(tensors, path):
-        with open(path, "wb") as f:
-            f.write(b"half")
-        raise KeyboardInterrupt
+    real_write_temp = balora.io.write_temp
 
-    monkeypatch.setattr("balora.io.save_file", crash)
+    def crash(path, write):  # the weights are written, then the config write is interrupted
+        if path.name == CONFIG_NAME:
+            raise KeyboardInterrupt
+        return real_write_temp(path, write)
+
+    monkeypatch.setattr("balora.io.write_temp", crash)
     with pytest.raises(KeyboardInterrupt):
         balora.save(adapted(seed=1), tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == [CONFIG_NAME, WEIGHTS_NAME]
@@ -135,3 +138,47 @@ def test_save_refuses_nan_and_merged(tmp_path):
     with pytest.raises(ValueError, match="NaN"):
         balora.save(model, tmp_path)
     assert not any(tmp_path.iterdir())
+
+
+def test_cache_dir_precedence(monkeypatch, tmp_path):
+    monkeypatch.setenv("BALORA_CACHE", str(tmp_path / "env"))
+    assert cache_dir() == tmp_path / "env"
+    assert cache_dir(root=tmp_path / "arg") == tmp_path / "arg"
+    assert cache_dir("mof", "x") == tmp_path / "env" / "mof" / "x"
+    monkeypatch.delenv("BALORA_CACHE")
+    assert cache_dir() == Path.home() / ".cache" / "balora"
+
+
+def test_publish_is_atomic(tmp_path):
+    final = tmp_path / "cache" / "model"
+
+    def failing(tmp):
+        (tmp / "half.bin").write_text("x")
+        raise RuntimeError("interrupted")
+
+    with pytest.raises(RuntimeError, match="interrupted"):
+        publish_dir(final, failing)
+    assert not final.exists()
+    assert list(final.parent.iterdir()) == []  # the temporary directory is gone too
+    publish_dir(final, lambda tmp: (tmp / "config.json").write_text("{}"))
+    assert (final / "config.json").read_text() == "{}"
+
+
+def test_write_files_is_all_or_nothing(tmp_path):
+    (tmp_path / "a.txt").write_text("old a")
+    (tmp_path / "b.txt").write_text("old b")
+
+    def failing(tmp):
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        write_files(
+            {
+                tmp_path / "a.txt": lambda p: Path(p).write_text("new a"),
+                tmp_path / "b.txt": failing,
+            }
+        )
+    assert (tmp_path / "a.txt").read_text() == "old a"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "b.txt"]  # no temporaries
+    write_files({tmp_path / "a.txt": lambda p: Path(p).write_text("new a")})
+    assert (tmp_path / "a.txt").read_text() == "new a"

@@ -18,7 +18,8 @@ import torch
 from torch.distributions import Normal, kl_divergence
 
 import balora
-from balora.methods import METHODS, Data, Method, TrainConfig, make_method
+from balora.dataset import Data
+from balora.methods import METHODS, Method, TrainConfig, make_method
 from balora.methods.blob import BLoBLinear, apply_blob, gaussian_kl
 from tests.conftest import MLP, Holder, tiny_bert
 

@@ -20,7 +20,7 @@ import pytest
 pytest.importorskip("pymatgen")
 from pymatgen.core import Lattice, Structure
 
-from balora.tasks import mof
+from balora.tasks.mof import data as mof
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "label_mof_band_gaps.py"
 HARTREE_TO_EV = 27.211386245988
@@ -418,9 +418,9 @@ def test_core_mof_cache_extracts_once_and_indexes(tmp_path: Path, monkeypatch) -
 
 
 def test_core_mof_archive_missing_package_is_explained(monkeypatch) -> None:
-    monkeypatch.setattr(mof, "_CORE_MOF_MODULE", "no_such_module_xyz")
-    monkeypatch.setattr(mof, "_CORE_MOF_DISTRIBUTION", "no-such-distribution-xyz")
-    with pytest.raises(FileNotFoundError, match="pip install core-mof"):
+    monkeypatch.setattr(mof, "CORE_MOF_MODULE", "no_such_module_xyz")
+    monkeypatch.setattr(mof, "CORE_MOF_DISTRIBUTION", "no-such-distribution-xyz")
+    with pytest.raises(FileNotFoundError, match="pip install no-such-distribution-xyz"):
         mof.core_mof_archive()
 
 

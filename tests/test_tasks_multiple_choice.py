@@ -16,7 +16,6 @@ from balora.tasks.multiple_choice import (
     MultipleChoiceExample,
     collate_multiple_choice,
     format_prompt,
-    iter_multiple_choice_batches,
     letter_token_ids,
     load_multiple_choice,
     option_letters,
@@ -264,24 +263,6 @@ def test_option_logits_picks_letters_at_last_position(minilm_tokenizer):
         option_logits(logits[:, :-1], batch)
 
 
-def test_iter_batches_shuffle_needs_a_generator(minilm_tokenizer):
-    examples = load_multiple_choice("piqa", path=FIXTURES / "piqa.jsonl")
-
-    def answers(seed):
-        g = torch.Generator().manual_seed(seed)
-        batches = iter_multiple_choice_batches(
-            examples, minilm_tokenizer, 3, shuffle=True, generator=g
-        )
-        return [a for batch in batches for a in batch.answers.tolist()]
-
-    assert answers(0) == answers(0)
-    assert sorted(answers(0)) == [0, 0, 0, 1]
-    in_order = list(iter_multiple_choice_batches(examples, minilm_tokenizer, 3))
-    assert [len(batch.answers) for batch in in_order] == [3, 1]
-    with pytest.raises(ValueError, match=r"torch\.Generator"):
-        next(iter_multiple_choice_batches(examples, minilm_tokenizer, 2, shuffle=True))
-
-
 def test_letter_tokens_must_be_single_tokens():
     class CharTokenizer:
         """Splits every character, so ' A' is two tokens."""
@@ -299,29 +280,6 @@ def test_letter_tokens_must_be_single_tokens():
 # --------------------------------------------------------------------------------------------
 # The causal LM: cache plumbing, SmolLM2 tokenizer (fast), SmolLM2 scoring (slow)
 # --------------------------------------------------------------------------------------------
-
-
-def test_cache_dir_precedence(monkeypatch, tmp_path):
-    monkeypatch.setenv("BALORA_CACHE", str(tmp_path / "env"))
-    assert mc.balora_cache_dir() == tmp_path / "env"
-    assert mc.balora_cache_dir(tmp_path / "arg") == tmp_path / "arg"
-    monkeypatch.delenv("BALORA_CACHE")
-    assert mc.balora_cache_dir() == Path.home() / ".cache" / "balora"
-
-
-def test_publish_is_atomic(tmp_path):
-    final = tmp_path / "cache" / "model"
-
-    def failing(tmp):
-        (tmp / "half.bin").write_text("x")
-        raise RuntimeError("interrupted")
-
-    with pytest.raises(RuntimeError, match="interrupted"):
-        mc._publish(failing, final)
-    assert not final.exists()
-    assert list(final.parent.iterdir()) == []  # the temporary directory is gone too
-    mc._publish(lambda tmp: (tmp / "config.json").write_text("{}"), final)
-    assert (final / "config.json").read_text() == "{}"
 
 
 def test_missing_gguf_file_is_named(tmp_path):

@@ -17,15 +17,13 @@ import pytest
 import torch
 
 from balora.tasks import text
+from balora.tasks.files import read_records
 from balora.tasks.text import (
     TextClassificationData,
-    TextCollator,
     TextSplit,
-    iter_text_batches,
     load_hf_dataset,
     load_rotten_tomatoes,
     load_text_file,
-    split_indices,
     tokenize,
 )
 
@@ -58,46 +56,6 @@ def minilm_tokenizer():
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(path, local_files_only=True)
-
-
-# --------------------------------------------------------------------------------------------
-# split_indices
-# --------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("stratify", [True, False])
-def test_split_indices_partition_the_rows(stratify):
-    labels = [0] * 30 + [1] * 50 + [2] * 20
-    train, val, test = split_indices(
-        labels, seed=3, val_fraction=0.2, test_fraction=0.1, stratify=stratify
-    )
-    assert sorted(train + val + test) == list(range(100))
-    assert (len(val), len(test)) == (20, 10)
-
-
-def test_split_indices_stratified_keeps_class_proportions():
-    labels = [0] * 30 + [1] * 50 + [2] * 20
-    _, val, test = split_indices(labels, seed=0, val_fraction=0.2, test_fraction=0.1)
-    assert Counter(labels[i] for i in val) == {0: 6, 1: 10, 2: 4}
-    assert Counter(labels[i] for i in test) == {0: 3, 1: 5, 2: 2}
-
-
-def test_split_indices_depends_on_seed_only():
-    labels = [i % 3 for i in range(60)]
-    first = split_indices(labels, seed=7)
-    torch.manual_seed(123)
-    np.random.seed(123)  # noqa: NPY002 (the global RNG must not matter)
-    assert split_indices(labels, seed=7) == first
-    assert split_indices(labels, seed=8) != first
-
-
-@pytest.mark.parametrize(
-    ("val_fraction", "test_fraction", "match"),
-    [(-0.1, 0.1, "val_fraction"), (0.1, 1.0, "test_fraction"), (0.5, 0.5, "< 1")],
-)
-def test_split_indices_rejects_bad_fractions(val_fraction, test_fraction, match):
-    with pytest.raises(ValueError, match=match):
-        split_indices([0, 1], val_fraction=val_fraction, test_fraction=test_fraction)
 
 
 def test_text_split_checks_lengths_and_indexes():
@@ -323,40 +281,6 @@ def test_tokenize_pads_and_truncates(minilm_tokenizer):
         tokenize(minilm_tokenizer, ["a"], max_length=0)
 
 
-def test_collator_builds_hf_batches(minilm_tokenizer):
-    split = TextSplit(["good film", "bad film", "fine"], [1, 0, 1])
-    loader = torch.utils.data.DataLoader(
-        split, batch_size=2, collate_fn=TextCollator(minilm_tokenizer)
-    )
-    batches = list(loader)
-    assert [b["labels"].tolist() for b in batches] == [[1, 0], [1]]
-    assert batches[0]["labels"].dtype == torch.long
-    assert set(batches[0]) >= {"input_ids", "attention_mask", "labels"}
-
-
-def test_iter_text_batches_shuffles_with_generator_only(minilm_tokenizer):
-    split = TextSplit([f"text {i}" for i in range(10)], [i % 2 for i in range(10)])
-
-    def order(seed):
-        batches = iter_text_batches(
-            split, minilm_tokenizer, 4, shuffle=True, generator=torch.Generator().manual_seed(seed)
-        )
-        ids = [row for batch in batches for row in batch["input_ids"]]
-        return minilm_tokenizer.batch_decode(ids, skip_special_tokens=True)
-
-    first = order(0)
-    torch.manual_seed(99)
-    assert order(0) == first
-    assert sorted(first) == sorted(split.texts)
-    assert order(1) != first
-    plain = list(iter_text_batches(split, minilm_tokenizer, 4))
-    assert [len(b["labels"]) for b in plain] == [4, 4, 2]
-    dropped = list(iter_text_batches(split, minilm_tokenizer, 4, drop_last=True))
-    assert [len(b["labels"]) for b in dropped] == [4, 4]
-    with pytest.raises(ValueError, match=r"torch\.Generator"):
-        next(iter_text_batches(split, minilm_tokenizer, 4, shuffle=True))
-
-
 def test_load_sequence_classifier_offline_default():
     try:
         text.default_text_model_path()
@@ -384,4 +308,4 @@ def test_parquet_without_pyarrow_says_what_to_install(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
     path = _write(tmp_path, "rows.parquet", "not read")
     with pytest.raises(ImportError, match=r"rows\.parquet: reading Parquet needs pyarrow"):
-        text.read_records(path)
+        read_records(path)

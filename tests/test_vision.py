@@ -16,23 +16,22 @@ from PIL import Image
 
 import balora
 from balora.cli import main
-from balora.recipes.vision import (
-    ImageClassifier,
-    VisionTaskConfig,
-    load_vision_backbone,
-    load_vision_task,
-    subset,
-)
+from balora.methods import TrainConfig, make_method
 from balora.tasks.vision import (
     FASHION_MNIST_DIR,
+    ImageClassifier,
     ImageSplit,
+    VisionTaskConfig,
     load_cifar,
     load_fashion_mnist,
     load_idx_dataset,
     load_image_folder,
     load_mnist_sample,
+    load_vision_backbone,
+    load_vision_task,
     read_idx,
     read_images,
+    subset,
 )
 
 efficientnet = pytest.importorskip("efficientnet_lite_pytorch")
@@ -185,8 +184,10 @@ R, SCALE = 4, 2.0  # rank, lora_alpha / r
 
 @pytest.fixture(scope="module")
 def effnet():
-    cfg = VisionTaskConfig(image_size=32)
-    model, targets, heads = load_vision_backbone(cfg, [str(i) for i in range(10)])
+    labels = [str(i) for i in range(10)]
+    model, targets, heads = load_vision_backbone(
+        "efficientnet-lite0", labels, image_size=32, pretrained=True
+    )
     assert targets == ("_expand_conv", "_project_conv", "_conv_head")
     assert heads == ("_fc",)
     return model.double().eval()
@@ -297,14 +298,14 @@ def test_hf_vit_recipe_trains_and_predicts(tmp_path, tiny_vit):
     task = load_vision_task(VisionTaskConfig(data=str(data), model=str(tiny_vit), image_size=16))
     assert task.target_modules in (("q_proj", "v_proj"), ("query", "value"))
     assert task.modules_to_save == ("classifier",)
-    method = balora.methods.make_method(
+    method = make_method(
         "balora",
         task.model_factory,
         "classification",
         adapter=balora.BaLoRAConfig(
             target_modules=task.target_modules, modules_to_save=task.modules_to_save
         ),
-        train=balora.methods.TrainConfig(epochs=2, batch_size=8, progress=False),
+        train=TrainConfig(epochs=2, batch_size=8, progress=False),
         seed=0,
     )
     report = method.fit(task.train, task.val)

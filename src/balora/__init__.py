@@ -9,6 +9,7 @@ The public API, and nothing else::
     balora.save(model, "adapter/")
 """
 
+from balora._version import __version__
 from balora.config import BaLoRAConfig
 from balora.inject import (
     apply,
@@ -24,8 +25,6 @@ from balora.io import load, save
 from balora.layers import BaLoRALayer
 from balora.objective import elbo_loss, kl_divergence
 from balora.predict import Prediction, predict, sampling
-
-__version__ = "0.1.0"
 
 __all__ = [
     "BaLoRAConfig",

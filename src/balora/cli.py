@@ -1,9 +1,8 @@
 """The ``balora`` command line: train, evaluate, predict, compare, demo.
 
-Options are generated from the typed configs (`BaLoRAConfig`, `TrainConfig` and the task's
-config by ``--task``: `TextTaskConfig`, `MultipleChoiceTaskConfig`, `VisionTaskConfig` or
-`MOFTaskConfig`);
-their field docstrings are the ``--help`` texts. User errors (a bad path, column, label or
+Options are generated from the typed configs (`BaLoRAConfig`, `TrainConfig` and the config
+of the task chosen by ``--task``, from the registry `balora.tasks.TASKS`); their field
+docstrings are the ``--help`` texts. User errors (a bad path, column, label or
 option) end with a one-line message and exit code 2, never a traceback.
 """
 
@@ -16,45 +15,31 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from balora.argparsing import add_dataclass_arguments, dataclass_from_args
+from balora import commands
+from balora.argparsing import add_dataclass_arguments
+from balora.commands import DEMO_METHODS
 from balora.config import BaLoRAConfig
+from balora.errors import UserError
 from balora.methods import METHODS, TrainConfig
-from balora.recipes.mof import MOFTaskConfig
-from balora.recipes.multiple_choice import MultipleChoiceTaskConfig
-from balora.recipes.text import TextTaskConfig
-from balora.recipes.vision import VisionTaskConfig
-
-DEMO_METHODS = ("lora", "mc_dropout", "balora")
-TASK_CONFIGS: dict[str, type] = {
-    "text": TextTaskConfig,
-    "multiple-choice": MultipleChoiceTaskConfig,
-    "vision": VisionTaskConfig,
-    "mof": MOFTaskConfig,
-}
-
-
-class UserError(Exception):
-    """An error in the user's input: printed as one line, exit code 2."""
+from balora.tasks import TASKS
 
 
 def _common_training_options(parser: argparse.ArgumentParser, *, methods: bool, task: str) -> None:
+    tasks = "; ".join(f"{name}: {recipe.summary}" for name, recipe in TASKS.items())
     parser.add_argument(
         "--task",
         default="text",
-        choices=sorted(TASK_CONFIGS),
-        help="text: sequence classification; multiple-choice: a causal LM scores option "
-        "letters; vision: image classification; mof: MOF band-gap regression with a Gaussian "
-        "head (default: text; `--task vision --help` lists that task's options)",
+        choices=sorted(TASKS),
+        help=f"{tasks} (default: text; `--task vision --help` lists that task's options)",
     )
     adapter_fields = {f.name for f in dataclasses.fields(BaLoRAConfig)}
+    config_class = TASKS[task].config_class
     add_dataclass_arguments(
         parser,
-        TASK_CONFIGS[task],
+        config_class,
         title=f"data and backbone ({task})",
         # a field both configs have (mof: target_modules) is the adapter's option, given to both
-        exclude=tuple(
-            f.name for f in dataclasses.fields(TASK_CONFIGS[task]) if f.name in adapter_fields
-        ),
+        exclude=tuple(f.name for f in dataclasses.fields(config_class) if f.name in adapter_fields),
     )
     add_dataclass_arguments(
         parser,
@@ -85,7 +70,7 @@ def _run_task_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--task",
         default=None,
-        choices=sorted(TASK_CONFIGS),
+        choices=sorted(TASKS),
         help="the run's task, checked against its run.json (default: read from run.json)",
     )
 
@@ -191,12 +176,10 @@ def build_parser(task: str = "text") -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # no weight-loading reports
     pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--task", choices=sorted(TASK_CONFIGS), default="text")
+    pre.add_argument("--task", choices=sorted(TASKS), default="text")
     known, _ = pre.parse_known_args(argv)
     args = build_parser(known.task).parse_args(argv)
     from transformers.utils import logging as hf_logging
-
-    from balora import commands  # heavy imports only once the options parse
 
     hf_logging.disable_progress_bar()
 
@@ -212,16 +195,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"balora {args.command}: interrupted", file=sys.stderr)
         return 130
-
-
-def adapter_config(args: argparse.Namespace, targets: Sequence[str], heads: Sequence[str]):
-    """The adapter config from the options, with the recipe's default targets / head."""
-    return dataclass_from_args(
-        BaLoRAConfig,
-        args,
-        target_modules=tuple(args.target_modules or targets),
-        modules_to_save=tuple(args.modules_to_save if args.modules_to_save is not None else heads),
-    )
 
 
 if __name__ == "__main__":

@@ -24,7 +24,9 @@ KL_REDUCTIONS: tuple[str, ...] = ("element", "layer")
 ALPHA_PARAMS: tuple[str, ...] = ("softplus", "log")
 
 
-def _choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
+def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
+    """`value` (or a str-valued enum's value) if it is one of `choices`, else a `ValueError`
+    naming the option `name`."""
     value = getattr(value, "value", value)  # accept str-valued enums
     if value not in choices:
         raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
@@ -105,10 +107,10 @@ class BaLoRAConfig:
         self.modules_to_save = _names("modules_to_save", self.modules_to_save)
         if not (isinstance(self.prior_p, (int, float)) and 0.0 < self.prior_p < 1.0):
             raise ValueError(f"prior_p must be in (0, 1), got {self.prior_p!r}")
-        self.alpha_source = _choice("alpha_source", self.alpha_source, ALPHA_SOURCES)
-        self.noise = _choice("noise", self.noise, NOISE_STRUCTURES)
-        self.kl_reduction = _choice("kl_reduction", self.kl_reduction, KL_REDUCTIONS)
-        self.alpha_param = _choice("alpha_param", self.alpha_param, ALPHA_PARAMS)
+        self.alpha_source = check_choice("alpha_source", self.alpha_source, ALPHA_SOURCES)
+        self.noise = check_choice("noise", self.noise, NOISE_STRUCTURES)
+        self.kl_reduction = check_choice("kl_reduction", self.kl_reduction, KL_REDUCTIONS)
+        self.alpha_param = check_choice("alpha_param", self.alpha_param, ALPHA_PARAMS)
         _positive("alpha_min", self.alpha_min)
         _positive("alpha_max", self.alpha_max)
         if self.alpha_max <= self.alpha_min:

@@ -28,6 +28,9 @@ from balora.config import BaLoRAConfig
 from balora.layers import AdapterState, BaLoRALayer, wrap
 
 ALPHA_NET_NAME = "balora_alpha_net"
+ADAPTER_KEY = "_balora"
+"""Where `apply` keeps the `Adapter` in the model's ``__dict__`` (not a submodule, not a
+parameter, so it never reaches a state dict)."""
 
 
 @dataclass(eq=False)
@@ -59,11 +62,16 @@ def has_adapter(model: nn.Module) -> bool:
     return _find_adapter(model) is not None
 
 
+def is_adapted(module: nn.Module) -> bool:
+    """Whether `module` itself carries the adapter (not a wrapper around the adapted model)."""
+    return ADAPTER_KEY in module.__dict__
+
+
 def _find_adapter(model: nn.Module) -> Adapter | None:
-    if "_balora" in model.__dict__:
-        return model.__dict__["_balora"]
+    if ADAPTER_KEY in model.__dict__:
+        return model.__dict__[ADAPTER_KEY]
     compiled = model._modules.get("_orig_mod")  # torch.compile's OptimizedModule
-    return None if compiled is None else compiled.__dict__.get("_balora")
+    return None if compiled is None else compiled.__dict__.get(ADAPTER_KEY)
 
 
 def matches(name: str, patterns: str | tuple[str, ...] | list[str]) -> bool:
@@ -98,10 +106,10 @@ def apply(
     features of the ``backbone`` α source (default: `balora.alpha.default_features`).
     Returns the same model.
     """
-    return _apply(model, config, feature_fn=feature_fn, wrap_fn=wrap)
+    return apply_with(model, config, feature_fn=feature_fn, wrap_fn=wrap)
 
 
-def _apply(
+def apply_with(
     model: nn.Module, config: BaLoRAConfig, *, feature_fn: FeatureFn | None, wrap_fn: WrapFn
 ) -> nn.Module:
     """`apply` with the wrapper factory as a parameter (used by layer variants such as the
@@ -149,7 +157,7 @@ def _apply(
         net.train(model.training)
         model.add_module(ALPHA_NET_NAME, net.to(device=weight.device, dtype=weight.dtype))
     hook = model.register_forward_pre_hook(_pre_forward, with_kwargs=True)
-    model.__dict__["_balora"] = Adapter(
+    model.__dict__[ADAPTER_KEY] = Adapter(
         config=config,
         state=state,
         layers=layers,
@@ -162,7 +170,7 @@ def _apply(
 
 
 def _pre_forward(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-    adapter = model.__dict__.get("_balora")
+    adapter = model.__dict__.get(ADAPTER_KEY)
     if adapter is None or adapter.in_backbone_pass:
         return None
     for layer in adapter.layers.values():
@@ -205,7 +213,7 @@ def _replace_with_base(model: nn.Module, adapter: Adapter) -> None:
     if ALPHA_NET_NAME in model._modules:
         del model._modules[ALPHA_NET_NAME]
     adapter.hook.remove()
-    del model.__dict__["_balora"]
+    del model.__dict__[ADAPTER_KEY]
     for pname, param in model.named_parameters():
         param.requires_grad_(adapter.requires_grad.get(pname, param.requires_grad))
 

@@ -13,20 +13,24 @@ load instead of silently mixing two adapters.
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import math
 import os
+import shutil
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as save_bytes
 from torch import nn
 
+from balora._version import __version__
 from balora.alpha import FeatureFn
 from balora.config import BaLoRAConfig
 from balora.inject import apply, get_adapter, unload
@@ -81,6 +85,64 @@ def write_atomic(path: Path, write: Callable[[str], None]) -> Path:
     return path
 
 
+def write_files(writers: Mapping[Path, Callable[[str], None]]) -> None:
+    """Write several files that belong together (e.g. weights and their config): each to a
+    flushed temporary file first, then all moved into place, so a failure while writing leaves
+    every previous file as it was."""
+    done: list[tuple[Path, Path]] = []
+    try:
+        for path, write in writers.items():
+            done.append((write_temp(path, write), path))
+    except BaseException:
+        for tmp, _ in done:
+            tmp.unlink(missing_ok=True)
+        raise
+    for tmp, path in done:
+        os.replace(tmp, path)
+
+
+def publish_dir(final: Path, build: Callable[[Path], None]) -> Path:
+    """Build a folder in a temporary sibling through `build(tmp_dir)` and rename it into place
+    (atomic on POSIX): `final` exists complete or not at all. An existing `final` is replaced;
+    if a concurrent writer publishes `final` first, its folder is kept."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    if final.exists():
+        shutil.rmtree(final)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    tmp.chmod(0o777 & ~_umask())  # mkdtemp's 0o700 would make a cache private once renamed
+    try:
+        build(tmp)
+        try:
+            os.replace(tmp, final)
+        except OSError:
+            if not final.is_dir():  # not a concurrent writer that got there first
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> Path:
+    """Write a UTF-8 CSV file atomically."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow(header)
+            writer.writerows(rows)
+
+    return write_atomic(path, write)
+
+
+def cache_dir(*parts: str, root: str | os.PathLike[str] | None = None) -> Path:
+    """balora's cache folder joined with `parts`: `root`, else ``$BALORA_CACHE``, else
+    ``~/.cache/balora`` (read at call time, so tests and users can point it elsewhere)."""
+    if root is None:
+        env = os.environ.get("BALORA_CACHE")
+        root = env if env else Path.home() / ".cache" / "balora"
+    return Path(root).joinpath(*parts)
+
+
 def write_text(path: Path, text: str) -> Path:
     """Write a text file atomically."""
     return write_atomic(path, lambda tmp: Path(tmp).write_text(text))
@@ -117,8 +179,6 @@ def _sha256(path: Path) -> str:
 
 def save(model: nn.Module, directory: str | os.PathLike[str]) -> Path:
     """Write the adapter of `model` to `directory` (created if needed); returns the path."""
-    from balora import __version__
-
     adapter = get_adapter(model)
     if any(layer.merged for layer in adapter.layers.values()):
         raise RuntimeError("cannot save a merged adapter; call balora.unmerge(model) first")
@@ -127,33 +187,34 @@ def save(model: nn.Module, directory: str | os.PathLike[str]) -> Path:
         if not torch.isfinite(tensor).all():
             raise ValueError(f"refusing to save: {name} holds NaN or inf values")
     directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise FileExistsError(f"cannot save an adapter to {directory}: it is a file")
     directory.mkdir(parents=True, exist_ok=True)
-    weights_tmp = write_temp(directory / WEIGHTS_NAME, lambda p: save_file(tensors, p))
-    try:
-        meta = {
-            "balora_version": __version__,
-            "config": adapter.config.to_dict(),
-            "modules": {
-                name: {
-                    "type": type(layer.base_layer).__name__,
-                    "in_features": layer.in_features,
-                    "out_features": layer.out_features,
-                    "lora_A": list(layer.lora_A.shape),
-                    "lora_B": list(layer.lora_B.shape),
-                }
-                for name, layer in adapter.layers.items()
-            },
-            "modules_to_save": adapter.modules_to_save,
-            "tensors": {k: list(v.shape) for k, v in tensors.items()},
-            "weights_sha256": _sha256(weights_tmp),
+    weights = save_bytes(tensors)
+    meta = {
+        "balora_version": __version__,
+        "config": adapter.config.to_dict(),
+        "modules": {
+            name: {
+                "type": type(layer.base_layer).__name__,
+                "in_features": layer.in_features,
+                "out_features": layer.out_features,
+                "lora_A": list(layer.lora_A.shape),
+                "lora_B": list(layer.lora_B.shape),
+            }
+            for name, layer in adapter.layers.items()
+        },
+        "modules_to_save": adapter.modules_to_save,
+        "tensors": {k: list(v.shape) for k, v in tensors.items()},
+        "weights_sha256": hashlib.sha256(weights).hexdigest(),
+    }
+    text = json.dumps(meta, indent=2)
+    write_files(
+        {
+            directory / WEIGHTS_NAME: lambda p: Path(p).write_bytes(weights),
+            directory / CONFIG_NAME: lambda p: Path(p).write_text(text),
         }
-        text = json.dumps(meta, indent=2)
-        config_tmp = write_temp(directory / CONFIG_NAME, lambda p: Path(p).write_text(text))
-    except BaseException:
-        weights_tmp.unlink(missing_ok=True)
-        raise
-    os.replace(weights_tmp, directory / WEIGHTS_NAME)
-    os.replace(config_tmp, directory / CONFIG_NAME)
+    )
     return directory
 
 
@@ -213,27 +274,46 @@ def load(
                 f"module {name!r} is a {type(base).__name__} here but was a {info['type']}"
             )
     apply(model, config, feature_fn=feature_fn)
-    adapter = get_adapter(model)
     try:
-        if sorted(adapter.layers) != sorted(meta["modules"]):
-            extra = sorted(set(adapter.layers) - set(meta["modules"]))
-            raise ValueError(f"this model has adapted modules the saved adapter lacks: {extra}")
-        params = dict(model.named_parameters())
-        missing = sorted(set(adapter_state_dict(model)) - set(tensors))
-        if missing:
-            raise ValueError(f"{weights} lacks tensors {missing[:5]}")
-        for name, tensor in tensors.items():
-            if name not in params:
-                raise ValueError(f"{weights} holds {name!r}, which the adapted model lacks")
-            if tuple(params[name].shape) != tuple(tensor.shape):
-                raise ValueError(
-                    f"shape mismatch for {name}: saved {tuple(tensor.shape)}, "
-                    f"model {tuple(params[name].shape)}"
-                )
-        with torch.no_grad():
-            for name, tensor in tensors.items():
-                params[name].copy_(tensor)
+        _copy_saved(model, meta, tensors, weights)
     except BaseException:
         unload(model)
         raise
     return model
+
+
+def load_state(model: nn.Module, directory: str | os.PathLike[str]) -> nn.Module:
+    """Copy a saved adapter's tensors into `model`, which already carries the same adapter
+    (built the way it was trained, e.g. by a method's ``build``, so layer variants such as
+    BLoB's round-trip too). Every saved tensor must be there, and nothing else."""
+    meta, tensors = read_adapter(directory)
+    _copy_saved(model, meta, tensors, Path(directory) / WEIGHTS_NAME)
+    return model
+
+
+def _copy_saved(
+    model: nn.Module, meta: dict[str, Any], tensors: dict[str, torch.Tensor], weights: Path
+) -> None:
+    adapter = get_adapter(model)
+    if sorted(adapter.layers) != sorted(meta["modules"]):
+        extra = sorted(set(adapter.layers) - set(meta["modules"]))
+        lacking = sorted(set(meta["modules"]) - set(adapter.layers))
+        raise ValueError(
+            f"the model's adapted modules differ from the saved adapter's: the model also has "
+            f"{extra}, the adapter also has {lacking}"
+        )
+    params = dict(model.named_parameters())
+    missing = sorted(set(adapter_state_dict(model)) - set(tensors))
+    if missing:
+        raise ValueError(f"{weights} lacks tensors {missing[:5]}")
+    for name, tensor in tensors.items():
+        if name not in params:
+            raise ValueError(f"{weights} holds {name!r}, which the adapted model lacks")
+        if tuple(params[name].shape) != tuple(tensor.shape):
+            raise ValueError(
+                f"shape mismatch for {name}: saved {tuple(tensor.shape)}, "
+                f"model {tuple(params[name].shape)}"
+            )
+    with torch.no_grad():
+        for name, tensor in tensors.items():
+            params[name].copy_(tensor)

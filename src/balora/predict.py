@@ -18,19 +18,18 @@ Uncertainty from S samples (METHOD.md):
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Protocol
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
+from balora.dataset import Data, Inputs, TaskKind
 from balora.inject import backbone_alpha_preactivations, get_adapter, has_adapter
 from balora.prefix import record_prefix, replay_prefix
-
-Task = Literal["classification", "regression"]
-Inputs = Tensor | Mapping[str, Any]
 
 # Default bound on (samples per chunk) x (batch size) rows of one forward pass.
 DEFAULT_MAX_ROWS = 1024
@@ -47,7 +46,7 @@ class Prediction:
     mean (one deterministic pass, zero epistemic uncertainty).
     """
 
-    task: Task
+    task: TaskKind
     mean: Tensor
     total: Tensor
     aleatoric: Tensor
@@ -57,6 +56,23 @@ class Prediction:
 
     def __len__(self) -> int:
         return self.mean.shape[0]
+
+    @classmethod
+    def cat(cls, parts: Sequence[Prediction]) -> Prediction:
+        """Predictions of consecutive batches joined into one (their samples dropped)."""
+        if not parts:
+            raise ValueError("cat needs at least one prediction")
+        if len(parts) == 1:
+            return parts[0]
+        first = parts[0]
+        return cls(
+            task=first.task,
+            mean=torch.cat([p.mean for p in parts]),
+            total=torch.cat([p.total for p in parts]),
+            aleatoric=torch.cat([p.aleatoric for p in parts]),
+            epistemic=torch.cat([p.epistemic for p in parts]),
+            num_samples=first.num_samples,
+        )
 
 
 @contextmanager
@@ -125,7 +141,7 @@ def _entropy(probs: Tensor) -> Tensor:
 
 def summarize(
     outputs: Tensor,
-    task: Task,
+    task: TaskKind,
     num_samples: int,
     *,
     gaussian: bool = False,
@@ -172,7 +188,7 @@ def predict(
     model: nn.Module,
     inputs: Inputs,
     num_samples: int = 32,
-    task: Task = "classification",
+    task: TaskKind = "classification",
     seed: int | None = None,
     chunk_size: int | None = None,
     keep_samples: bool = False,
@@ -248,3 +264,33 @@ def _fixed_backbone_alpha(state: Any) -> Iterator[None]:
     finally:
         state.backbone_fixed = False
         state.backbone_z = None
+
+
+class Predictor(Protocol):
+    """Anything that predicts a batch with S posterior samples (every method does)."""
+
+    def predict(self, inputs: Inputs, num_samples: int, seed: int | None) -> Prediction: ...
+
+
+def stream_seed(seed: int, stream: int, index: int) -> int:
+    """A distinct, reproducible sampling seed per (run seed, data stream, batch)."""
+    return int(np.random.SeedSequence([seed, stream, index]).generate_state(1)[0])
+
+
+def predict_batched(
+    predictor: Predictor,
+    data: Data,
+    num_samples: int,
+    *,
+    seed: int,
+    batch_size: int,
+    stream: int = 0,
+) -> Prediction:
+    """``predictor.predict`` over `data` in batches of `batch_size`, each batch with its own
+    seed (`stream_seed`), joined into one `Prediction`."""
+    return Prediction.cat(
+        [
+            predictor.predict(batch.inputs, num_samples, seed=stream_seed(seed, stream, i))
+            for i, batch in enumerate(data.batches(batch_size))
+        ]
+    )

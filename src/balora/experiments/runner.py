@@ -36,8 +36,9 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-import balora
+from balora._version import __version__
 from balora.config import BaLoRAConfig
+from balora.dataset import Data, ModelFactory, TaskKind
 from balora.experiments.evaluate import (
     alpha_values,
     classification_evaluation,
@@ -57,9 +58,8 @@ from balora.experiments.results import (
 )
 from balora.inject import get_adapter, has_adapter, last_alpha
 from balora.io import write_json
-from balora.methods import METHODS, Data, Method, TrainConfig, make_method
-from balora.methods.base import ModelFactory, Task
-from balora.predict import Prediction, model_output
+from balora.methods import METHODS, Method, TrainConfig, make_method
+from balora.predict import Prediction, model_output, predict_batched, stream_seed
 
 DEFAULT_NUM_SAMPLES: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
 RUNS_DIR = "runs"
@@ -276,36 +276,6 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _stream_seed(seed: int, stream: int, index: int) -> int:
-    """A distinct, reproducible sampling seed per (run seed, data stream, batch)."""
-    return int(np.random.SeedSequence([seed, stream, index]).generate_state(1)[0])
-
-
-def _concat(preds: list[Prediction]) -> Prediction:
-    if len(preds) == 1:
-        return preds[0]
-    first = preds[0]
-    return Prediction(
-        task=first.task,
-        mean=torch.cat([p.mean for p in preds]),
-        total=torch.cat([p.total for p in preds]),
-        aleatoric=torch.cat([p.aleatoric for p in preds]),
-        epistemic=torch.cat([p.epistemic for p in preds]),
-        num_samples=first.num_samples,
-    )
-
-
-def predict_data(
-    method: Method, data: Data, num_samples: int, seed: int, batch_size: int, stream: int = 0
-) -> Prediction:
-    """`method.predict` over `data` in batches of `batch_size`, each batch with its own seed."""
-    preds = [
-        method.predict(batch.inputs, num_samples, seed=_stream_seed(seed, stream, i))
-        for i, batch in enumerate(data.batches(batch_size))
-    ]
-    return _concat(preds)
-
-
 def collect_alpha(
     method: Method, data: Data, seed: int, batch_size: int
 ) -> dict[str, np.ndarray] | None:
@@ -319,7 +289,7 @@ def collect_alpha(
     for i, batch in enumerate(data.batches(batch_size)):
         for layer in layers:  # no stale α from an earlier pass
             layer.last_alpha = None
-        method.predict(batch.inputs, 1, seed=_stream_seed(seed, _ALPHA, i))
+        method.predict(batch.inputs, 1, seed=stream_seed(seed, _ALPHA, i))
         alpha = last_alpha(model)
         if not alpha:
             return None
@@ -328,7 +298,7 @@ def collect_alpha(
 
 
 def _evaluate(
-    task: Task,
+    task: TaskKind,
     pred: Prediction,
     targets: Tensor,
     ood: Prediction | None,
@@ -340,7 +310,7 @@ def _evaluate(
 
 
 def _arrays(
-    task: Task,
+    task: TaskKind,
     pred: Prediction,
     targets: Tensor,
     ood: Prediction | None,
@@ -376,7 +346,7 @@ def _noise_variance(method: Method, val: Data, s: int, seed: int, batch_size: in
     prediction's aleatoric part is 0: a plain mean head), matched on validation data:
     σ² = max(mean (y − μ)² − mean epistemic, 1e-12). 0 for methods that predict an aleatoric
     variance themselves (e.g. Laplace's σ²)."""
-    pred = predict_data(method, val, s, seed, batch_size, _VAL)
+    pred = predict_batched(method, val, s, seed=seed, batch_size=batch_size, stream=_VAL)
     if bool((pred.aleatoric != 0).any()):
         return 0.0
     target = val.targets.reshape(-1).to(pred.mean.device, torch.float64)
@@ -393,7 +363,7 @@ class _Context:
     val: Data
     test: Data
     ood: Data | None
-    task: Task
+    task: TaskKind
     gaussian: bool
     adapter: BaLoRAConfig
     train_config: TrainConfig
@@ -446,10 +416,12 @@ def _run_one(ctx: _Context, spec: MethodSpec, seed: int) -> tuple[MethodRun, dic
     for s in bar:
         s_eff = 0 if s is None else s
         with Stopwatch(ctx.device) as predict_time:
-            pred = predict_data(method, ctx.test, s_eff, seed, bs, _TEST)
+            pred = predict_batched(method, ctx.test, s_eff, seed=seed, batch_size=bs, stream=_TEST)
         ood_pred = None
         if ctx.ood is not None:
-            ood_pred = predict_data(method, ctx.ood, s_eff, seed, bs, _OOD)
+            ood_pred = predict_batched(
+                method, ctx.ood, s_eff, seed=seed, batch_size=bs, stream=_OOD
+            )
         noise = 0.0
         if ctx.task == "regression" and not ctx.gaussian:
             noise = _noise_variance(method, ctx.val, s_eff, seed, bs)
@@ -527,7 +499,7 @@ def compare(
     test: Data,
     methods: Sequence[str | tuple[str, Mapping[str, Any]] | MethodSpec],
     *,
-    task: Task = "classification",
+    task: TaskKind = "classification",
     gaussian: bool = False,
     adapter: BaLoRAConfig,
     train_config: TrainConfig,
@@ -645,7 +617,7 @@ def compare(
     results = Results(
         name=name,
         task=task,
-        version=balora.__version__,
+        version=__version__,
         fingerprint=fingerprint,
         config=config,
         methods=[s.label for s in specs],

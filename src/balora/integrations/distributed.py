@@ -40,7 +40,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from balora.inject import get_adapter
+from balora.inject import get_adapter, is_adapted
 from balora.io import adapter_state_dict, read_adapter, save, write_json
 
 CHECKPOINT_PREFIX = "checkpoint-"
@@ -51,7 +51,7 @@ def unwrap(model: nn.Module) -> nn.Module:
     """The module carrying the BaLoRA adapter inside DDP / FSDP / accelerate / compile
     wrappers (followed through ``.module`` and ``._orig_mod``)."""
     current = model
-    while "_balora" not in current.__dict__:  # the adapted module itself, not a wrapper
+    while not is_adapted(current):  # the adapted module itself, not a wrapper
         inner = getattr(current, "module", None)
         if inner is None:
             inner = getattr(current, "_orig_mod", None)

@@ -7,7 +7,7 @@ The posterior mean of BaLoRA is exactly LoRA (``y = f0(x) + s B A x``), so the e
 adapter gives, under ``PeftModel.from_pretrained(base, dir)`` in eval mode, the same outputs as
 the BaLoRA model in eval mode: deterministic deployment on the standard stack. What the export
 drops is what only sampling needs: the α networks (``α(x)``) and the prior. Both files are
-written through `balora.io.write_temp` and moved into place with ``os.replace``.
+written together atomically (`balora.io.write_files`).
 
 PEFT's on-disk layout (peft 0.13 to 0.21): ``adapter_config.json`` (a ``LoraConfig``) and
 ``adapter_model.safetensors`` with keys ``base_model.model.<module>.lora_A.weight`` (r x d_in,
@@ -32,7 +32,7 @@ from torch import nn
 
 from balora.config import BaLoRAConfig
 from balora.inject import apply, get_adapter
-from balora.io import CONFIG_NAME, WEIGHTS_NAME, write_temp
+from balora.io import CONFIG_NAME, WEIGHTS_NAME, write_files
 
 PREFIX = "base_model.model."
 # BaLoRAConfig fields that the PEFT adapter determines; the rest are BaLoRA options.
@@ -99,16 +99,12 @@ def to_peft(
     meta = {k: list(v) if isinstance(v, set) else v for k, v in lora.to_dict().items()}
     text = json.dumps(meta, indent=2, sort_keys=True, default=str)
     directory.mkdir(parents=True, exist_ok=True)
-    weights_tmp = write_temp(
-        directory / WEIGHTS_NAME, lambda p: save_file(tensors, p, metadata={"format": "pt"})
+    write_files(
+        {
+            directory / WEIGHTS_NAME: lambda p: save_file(tensors, p, metadata={"format": "pt"}),
+            directory / CONFIG_NAME: lambda p: Path(p).write_text(text),
+        }
     )
-    try:
-        config_tmp = write_temp(directory / CONFIG_NAME, lambda p: Path(p).write_text(text))
-    except BaseException:
-        weights_tmp.unlink(missing_ok=True)
-        raise
-    os.replace(weights_tmp, directory / WEIGHTS_NAME)
-    os.replace(config_tmp, directory / CONFIG_NAME)
     return directory
 
 

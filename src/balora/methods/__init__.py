@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from balora.dataset import ModelFactory, TaskKind
 from balora.methods.adapters import BaLoRA, BaLoRAConstant, Ensemble, FullFineTune, LoRA, MCDropout
-from balora.methods.base import Data, FitReport, Method, ModelFactory, Task, TrainConfig
+from balora.methods.base import FitReport, Method, TrainConfig
 from balora.methods.blob import BLoB
 from balora.methods.laplace import Laplace
 
@@ -20,7 +21,7 @@ METHODS: dict[str, type[Method]] = {
 
 
 def make_method(
-    name: str, model_factory: ModelFactory, task: Task = "classification", **kwargs: Any
+    name: str, model_factory: ModelFactory, task: TaskKind = "classification", **kwargs: Any
 ) -> Method:
     """Build the method called `name` (see `METHODS`); options go to its constructor."""
     if name not in METHODS:
@@ -28,4 +29,4 @@ def make_method(
     return METHODS[name](model_factory, task, **kwargs)
 
 
-__all__ = ["METHODS", "Data", "FitReport", "Method", "TrainConfig", "make_method"]
+__all__ = ["METHODS", "FitReport", "Method", "TrainConfig", "make_method"]

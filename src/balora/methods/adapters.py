@@ -10,25 +10,44 @@ ensemble         M `lora` members with different seeds; the prediction averages 
 
 from __future__ import annotations
 
-from typing import Any
+import os
+from pathlib import Path
+from typing import Any, Self
 
 import torch
+from safetensors.torch import load_model, save_model
 from torch import nn
 
 from balora.config import BaLoRAConfig
+from balora.dataset import Data, Inputs
 from balora.inject import apply
-from balora.methods.base import Data, FitReport, Inputs, Method, train_model
+from balora.io import load_state, save, write_atomic
+from balora.methods.base import FitReport, Method, train_model
 from balora.predict import Prediction, model_output, summarize
+
+ADAPTER_DIR = "adapter"
+MODEL_FILE = "model.safetensors"
 
 
 class AdapterMethod(Method):
-    """A method that applies a variant of the adapter config to a fresh base model."""
+    """A method that applies a variant of the adapter config to a fresh base model; saved as
+    one adapter folder (`balora.save`), loaded into a freshly built model."""
 
     def adapter_config(self) -> BaLoRAConfig:
         return self.adapter
 
     def build(self) -> nn.Module:
         return apply(self.model_factory(), self.adapter_config())
+
+    def save(self, directory: str | os.PathLike[str]) -> Path:
+        if self.model is None:
+            raise RuntimeError(f"{self.name}: call fit() before save()")
+        save(self.model, Path(directory) / ADAPTER_DIR)
+        return Path(directory)
+
+    def load(self, directory: str | os.PathLike[str]) -> Self:
+        self.model = load_state(self._fresh(), Path(directory) / ADAPTER_DIR).eval()
+        return self
 
 
 class LoRA(AdapterMethod):
@@ -78,6 +97,24 @@ class FullFineTune(Method):
     def build(self) -> nn.Module:
         return self.model_factory().requires_grad_(True)
 
+    def save(self, directory: str | os.PathLike[str]) -> Path:
+        if self.model is None:
+            raise RuntimeError("full_ft: call fit() before save()")
+        # save_model drops the duplicates of tied weights (e.g. an LM head shared with the
+        # embeddings), which save_file refuses
+        model = self.model
+        write_atomic(Path(directory) / MODEL_FILE, lambda tmp: save_model(model, tmp))
+        return Path(directory)
+
+    def load(self, directory: str | os.PathLike[str]) -> Self:
+        path = Path(directory) / MODEL_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"no model weights at {path}")
+        model = self._fresh()
+        load_model(model, path)
+        self.model = model.eval()
+        return self
+
 
 class Ensemble(Method):
     """M LoRA members trained with seeds ``seed * 1000 + m``; members are averaged."""
@@ -124,6 +161,21 @@ class Ensemble(Method):
 
     def trainable_parameters(self) -> int:
         return sum(m.trainable_parameters() for m in self.members)
+
+    def save(self, directory: str | os.PathLike[str]) -> Path:
+        """One adapter folder per member: ``member-<m>/``."""
+        if self.model is None:
+            raise RuntimeError("ensemble: call fit() before save()")
+        for m, member in enumerate(self.members):
+            save(member.model, Path(directory) / f"member-{m}")
+        return Path(directory)
+
+    def load(self, directory: str | os.PathLike[str]) -> Self:
+        for m, member in enumerate(self.members):
+            path = Path(directory) / f"member-{m}"
+            member.model = load_state(member._fresh(), path).eval()
+        self.model = self.members[0].model
+        return self
 
 
 __all__ = [

@@ -13,10 +13,11 @@ alike.
 from __future__ import annotations
 
 import math
+import os
 import time
-from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from pathlib import Path
+from typing import Any, ClassVar, Self
 
 import torch
 import torch.nn.functional as F
@@ -24,13 +25,10 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from balora.config import BaLoRAConfig
-from balora.inject import has_adapter, trainable_parameters
+from balora.dataset import Data, Inputs, ModelFactory, TaskKind
+from balora.inject import get_adapter, has_adapter, trainable_parameters
 from balora.objective import kl_divergence, kl_weight_at
 from balora.predict import Prediction, model_output, predict
-
-Task = Literal["classification", "regression"]
-Inputs = Tensor | dict[str, Tensor]
-ModelFactory = Callable[[], nn.Module]
 
 
 def _positive_int(name: str, value: Any) -> None:
@@ -89,71 +87,6 @@ class TrainConfig:
 
 
 @dataclass
-class Data:
-    """A dataset held in memory: inputs (a tensor, or a dict of tensors as for Hugging Face
-    models) and targets, all with the same first dimension."""
-
-    inputs: Inputs
-    targets: Tensor
-
-    def __post_init__(self) -> None:
-        sizes = {"targets": self.targets.shape[0]}
-        if isinstance(self.inputs, Tensor):
-            sizes["inputs"] = self.inputs.shape[0]
-        elif isinstance(self.inputs, Mapping):
-            sizes.update({k: v.shape[0] for k, v in self.inputs.items()})
-        else:
-            raise TypeError(
-                f"inputs must be a tensor or a dict of tensors, got {type(self.inputs)}"
-            )
-        if len(set(sizes.values())) != 1:
-            raise ValueError(f"Data fields disagree on the number of examples: {sizes}")
-        if sizes["targets"] == 0:
-            raise ValueError("Data is empty")
-
-    def __len__(self) -> int:
-        return self.targets.shape[0]
-
-    def select(self, index: Tensor | slice) -> Data:
-        """The examples at `index`."""
-        if isinstance(self.inputs, Tensor):
-            return Data(self.inputs[index], self.targets[index])
-        return Data({k: v[index] for k, v in self.inputs.items()}, self.targets[index])
-
-    def batches(
-        self, batch_size: int, *, shuffle: bool = False, generator: torch.Generator | None = None
-    ) -> Iterator[Data]:
-        """Minibatches in order, or shuffled with `generator`. Trailing positions that are
-        padding in every sequence of a batch (``attention_mask`` all 0) are cut off."""
-        n = len(self)
-        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
-        for start in range(0, n, batch_size):
-            yield self.select(order[start : start + batch_size]).trim_padding()
-
-    def trim_padding(self) -> Data:
-        """Drop trailing positions where ``attention_mask`` is 0 for every example (right
-        padding only, so positions of real tokens do not move)."""
-        if isinstance(self.inputs, Tensor) or "attention_mask" not in self.inputs:
-            return self
-        mask = self.inputs["attention_mask"]
-        used = mask.any(dim=0).nonzero()
-        length = int(used.max()) + 1 if used.numel() else 1
-        if length == mask.shape[1]:
-            return self
-        trimmed = {
-            k: v[:, :length] if v.dim() >= 2 and v.shape[1] == mask.shape[1] else v
-            for k, v in self.inputs.items()
-        }
-        return Data(trimmed, self.targets)
-
-    def to(self, device: torch.device | str) -> Data:
-        """The same examples with every tensor on `device`."""
-        if isinstance(self.inputs, Tensor):
-            return Data(self.inputs.to(device), self.targets.to(device))
-        return Data({k: v.to(device) for k, v in self.inputs.items()}, self.targets.to(device))
-
-
-@dataclass
 class FitReport:
     """What training did: per-epoch history, the selected epoch, cost."""
 
@@ -164,7 +97,7 @@ class FitReport:
     trainable_parameters: int = 0
 
 
-def nll_loss(output: Tensor, targets: Tensor, task: Task, gaussian: bool) -> Tensor:
+def nll_loss(output: Tensor, targets: Tensor, task: TaskKind, gaussian: bool) -> Tensor:
     """Mean negative log-likelihood of a minibatch: cross-entropy, Gaussian NLL with a
     (mean, log-variance) head, or squared error (a unit-variance Gaussian, constant dropped)."""
     if task == "classification":
@@ -190,7 +123,7 @@ class Method:
     def __init__(
         self,
         model_factory: ModelFactory,
-        task: Task = "classification",
+        task: TaskKind = "classification",
         *,
         adapter: BaLoRAConfig | None = None,
         train: TrainConfig | None = None,
@@ -202,7 +135,7 @@ class Method:
         if gaussian and task != "regression":
             raise ValueError("gaussian=True is for task='regression'")
         self.model_factory = model_factory
-        self.task: Task = task
+        self.task: TaskKind = task
         self.adapter = adapter or BaLoRAConfig()
         self.train_config = train or TrainConfig()
         self.gaussian = gaussian
@@ -257,6 +190,24 @@ class Method:
             raise RuntimeError(f"{self.name}: call fit() first")
         return trainable_parameters(self.model)[0]
 
+    # -- persistence -------------------------------------------------------------------------
+    def save(self, directory: str | os.PathLike[str]) -> Path:
+        """Write what the trained method needs to predict again into `directory` (created if
+        needed; every file written atomically). Returns the folder."""
+        raise NotImplementedError(f"saving a trained {self.name!r} method is not supported")
+
+    def load(self, directory: str | os.PathLike[str]) -> Self:
+        """Restore the trained state that `save` wrote into this method (built with the same
+        options, not fitted); returns the method, ready to `predict`."""
+        raise NotImplementedError(f"loading a trained {self.name!r} method is not supported")
+
+    def _fresh(self) -> nn.Module:
+        """`build` under the method's seed, leaving the caller's global RNG as it was (the
+        initial values are overwritten by `load`)."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            return self.build()
+
 
 def evaluate_nll(method: Method, model: nn.Module, data: Data, batch_size: int) -> float:
     """Mean NLL of the point estimate (posterior mean) on `data`."""
@@ -282,7 +233,7 @@ def train_model(method: Method, model: nn.Module, train: Data, val: Data | None)
     if cfg.max_steps is not None:
         total_steps = min(total_steps, cfg.max_steps)
     warmup = int(cfg.kl_warmup * total_steps)
-    uses_kl = has_adapter(model) and model._balora.config.noise != "none"
+    uses_kl = has_adapter(model) and get_adapter(model).config.noise != "none"
     generator = torch.Generator().manual_seed(method.seed)
     best_nll, best_state, stale = math.inf, None, 0
     start = time.perf_counter()

@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from balora.config import BaLoRAConfig
-from balora.inject import _apply
+from balora.inject import apply_with
 from balora.layers import AdapterState, BaLoRALayer, ConvNd, GPT2Conv1D, Linear, wrapper_class
 from balora.methods.adapters import AdapterMethod
 
@@ -168,7 +168,7 @@ def apply_blob(
     if config.alpha_source == "backbone":
         raise ValueError("BLoB layers have no α; use alpha_source='constant' in their config")
     fn = partial(wrap_blob, prior_std=prior_std, init_std=init_std)
-    return _apply(model, config, feature_fn=None, wrap_fn=fn)
+    return apply_with(model, config, feature_fn=None, wrap_fn=fn)
 
 
 class BLoB(AdapterMethod):

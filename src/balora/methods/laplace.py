@@ -31,26 +31,36 @@ install it.
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import time
 import warnings
 from collections.abc import Mapping
-from typing import Any
+from pathlib import Path
+from typing import Any, Self
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from safetensors.torch import save as save_bytes
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from balora.config import _choice
+from balora.config import check_choice
+from balora.dataset import Data, Inputs
 from balora.inject import get_adapter
+from balora.io import write_files
 from balora.methods.adapters import LoRA
-from balora.methods.base import Data, FitReport, Inputs
+from balora.methods.base import FitReport
 from balora.predict import Prediction, model_output, summarize
 
 SUBSETS = ("all", "last_layer")
 HESSIANS = ("diag", "kron", "full")
 PRIOR_STRUCTURES = ("scalar", "layerwise", "diag")
 TARGET_KEY = "_balora_target"
+LAPLACE_TENSORS = "laplace.safetensors"
+LAPLACE_META = "laplace.json"
 # Bound on the elements of the Jacobian (examples x outputs x posterior parameters) of one
 # predictive call; larger batches are predicted in chunks of examples.
 MAX_JACOBIAN_ELEMENTS = 1 << 25
@@ -130,10 +140,10 @@ class Laplace(LoRA):
                 "regression likelihood is homoscedastic: use gaussian=False (σ is then fitted "
                 "by the marginal likelihood)"
             )
-        self.subset_of_weights = _choice("subset_of_weights", subset_of_weights, SUBSETS)
+        self.subset_of_weights = check_choice("subset_of_weights", subset_of_weights, SUBSETS)
         if hessian_structure is None:
             hessian_structure = "diag" if subset_of_weights == "all" else "kron"
-        self.hessian_structure = _choice("hessian_structure", hessian_structure, HESSIANS)
+        self.hessian_structure = check_choice("hessian_structure", hessian_structure, HESSIANS)
         if self.subset_of_weights == "all" and self.hessian_structure != "diag":
             raise ValueError(
                 f"laplace: subset_of_weights='all' supports hessian_structure='diag' only, got "
@@ -143,7 +153,7 @@ class Laplace(LoRA):
             )
         if prior_structure is None:
             prior_structure = "layerwise" if subset_of_weights == "all" else "scalar"
-        self.prior_structure = _choice("prior_structure", prior_structure, PRIOR_STRUCTURES)
+        self.prior_structure = check_choice("prior_structure", prior_structure, PRIOR_STRUCTURES)
         if self.subset_of_weights == "last_layer" and self.prior_structure == "layerwise":
             raise ValueError(
                 "laplace: subset_of_weights='last_layer' supports prior_structure 'scalar' or "
@@ -158,6 +168,7 @@ class Laplace(LoRA):
         self.last_layer_name = last_layer_name
         self.marglik_steps = marglik_steps
         self.laplace: Any = None
+        self._dict_key_x: str | None = None
 
     def fit(self, train: Data, val: Data | None = None) -> FitReport:
         """Fit LoRA (the shared loop), then the Laplace approximation on `train`; the
@@ -191,15 +202,14 @@ class Laplace(LoRA):
                     found = f"{name}.{sub}" if sub else name
         return found
 
-    def _fit_laplace(self, laplace: Any, train: Data) -> Any:
+    def _new_laplace(self, laplace: Any, dict_key_x: str | None) -> Any:
+        """An unfitted laplace-torch object over the trained LoRA model (the posterior
+        parameters selected, the model in eval mode)."""
         model = self.model
         if model is None:
             raise RuntimeError("laplace: the LoRA fit must run before the Laplace fit")
         model.eval()
         self._posterior_parameters(model)
-        net = _Outputs(model)
-        regression = self.task == "regression"
-        dtype = next(model.parameters()).dtype
         options: dict[str, Any] = {
             "subset_of_weights": self.subset_of_weights,
             "hessian_structure": self.hessian_structure,
@@ -208,10 +218,19 @@ class Laplace(LoRA):
             name = self.last_layer_name or self._default_last_layer(model)
             if name is not None:
                 options["last_layer_name"] = f"model.{name}"
-        if isinstance(train.inputs, Mapping):
-            options["dict_key_x"] = next(iter(train.inputs))
+        if dict_key_x is not None:
+            options["dict_key_x"] = dict_key_x
             options["dict_key_y"] = TARGET_KEY
-        la = laplace.Laplace(net, "regression" if regression else "classification", **options)
+        likelihood = "regression" if self.task == "regression" else "classification"
+        return laplace.Laplace(_Outputs(model), likelihood, **options)
+
+    def _fit_laplace(self, laplace: Any, train: Data) -> Any:
+        dict_key_x = next(iter(train.inputs)) if isinstance(train.inputs, Mapping) else None
+        la = self._new_laplace(laplace, dict_key_x)
+        self._dict_key_x = dict_key_x
+        net = _Outputs(self.model)  # the model as laplace-torch calls it
+        regression = self.task == "regression"
+        dtype = next(self.model.parameters()).dtype
         loader = DataLoader(
             _Examples(train, regression, dtype),
             batch_size=self.train_config.batch_size,
@@ -256,6 +275,47 @@ class Laplace(LoRA):
         la.prior_precision = log_prior.detach().exp()
         la.sigma_noise = log_sigma.detach().exp()
 
+    # -- persistence -------------------------------------------------------------------------
+    def save(self, directory: str | os.PathLike[str]) -> Path:
+        """The LoRA adapter, plus the posterior (`laplace-torch`'s state: tensors in
+        ``laplace.safetensors``, the rest in ``laplace.json``), written together atomically."""
+        if self.laplace is None:
+            raise RuntimeError("laplace: call fit() before save()")
+        super().save(directory)
+        tensors: dict[str, Tensor] = {}
+        tree = _flatten(self.laplace.state_dict(), "", tensors)
+        meta = json.dumps({"dict_key_x": self._dict_key_x, "state": tree}, indent=1)
+        blob = save_bytes({k: v.detach().contiguous().cpu() for k, v in tensors.items()})
+        directory = Path(directory)
+        write_files(
+            {
+                directory / LAPLACE_TENSORS: lambda p: Path(p).write_bytes(blob),
+                directory / LAPLACE_META: lambda p: Path(p).write_text(meta),
+            }
+        )
+        return directory
+
+    def load(self, directory: str | os.PathLike[str]) -> Self:
+        laplace = _import_laplace()
+        super().load(directory)
+        directory = Path(directory)
+        for name in (LAPLACE_TENSORS, LAPLACE_META):
+            if not (directory / name).is_file():
+                raise FileNotFoundError(f"no Laplace posterior at {directory / name}")
+        try:
+            meta = json.loads((directory / LAPLACE_META).read_text())
+            tensors = load_file(directory / LAPLACE_TENSORS)
+            state = _unflatten(meta["state"], tensors)
+        except (OSError, ValueError, KeyError, SafetensorError) as e:
+            raise ValueError(f"cannot read the Laplace posterior in {directory}: {e}") from e
+        device = next(self.model.parameters()).device
+        state = _to_device(state, device)
+        self._dict_key_x = meta["dict_key_x"]
+        la = self._new_laplace(laplace, self._dict_key_x)
+        la.load_state_dict(state)
+        self.laplace = la
+        return self
+
     # -- prediction --------------------------------------------------------------------------
     @torch.no_grad()
     def predict(self, inputs: Inputs, num_samples: int = 32, seed: int | None = 0) -> Prediction:
@@ -298,3 +358,46 @@ def _slice(inputs: Inputs, start: int, stop: int) -> Inputs:
     return {
         k: v[start:stop] if isinstance(v, Tensor) and v.dim() > 0 else v for k, v in inputs.items()
     }
+
+
+# laplace-torch's state: nested dicts / lists of tensors and plain values. Tensors go to a
+# safetensors file under their path ("H.0.1"); the JSON tree keeps {"tensor": path} in their
+# place, so nothing is pickled.
+def _flatten(value: Any, path: str, tensors: dict[str, Tensor]) -> Any:
+    if isinstance(value, Tensor):
+        tensors[path] = value
+        return {"tensor": path}
+    if isinstance(value, Mapping):
+        return {
+            "dict": {
+                str(k): _flatten(v, f"{path}.{k}".lstrip("."), tensors) for k, v in value.items()
+            }
+        }
+    if isinstance(value, list | tuple):
+        return {
+            "list": [_flatten(v, f"{path}.{i}".lstrip("."), tensors) for i, v in enumerate(value)]
+        }
+    value = getattr(value, "value", value)  # str-valued enums (laplace-torch's Likelihood)
+    if value is not None and not isinstance(value, bool | int | float | str):
+        raise TypeError(f"laplace: cannot save a {type(value).__name__} at {path!r}")
+    return {"value": value}
+
+
+def _unflatten(node: Any, tensors: dict[str, Tensor]) -> Any:
+    if "tensor" in node:
+        return tensors[node["tensor"]]
+    if "dict" in node:
+        return {k: _unflatten(v, tensors) for k, v in node["dict"].items()}
+    if "list" in node:
+        return [_unflatten(v, tensors) for v in node["list"]]
+    return node["value"]
+
+
+def _to_device(value: Any, device: torch.device) -> Any:
+    if isinstance(value, Tensor):
+        return value.to(device)
+    if isinstance(value, dict):
+        return {k: _to_device(v, device) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_to_device(v, device) for v in value]
+    return value

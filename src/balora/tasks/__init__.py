@@ -1,6 +1,26 @@
-"""Task data and backbones: text classification (`text`), multiple-choice QA
-(`multiple_choice`), images (`vision`) and MOF structures with band-gap labels (`mof`).
+"""The tasks: one folder each (data, backbone, recipe) and the registry the commands read.
 
-Import the submodules directly (``from balora.tasks.text import load_rotten_tomatoes``); this
-package imports nothing itself, so loading one task never pulls in another's dependencies.
+    text/             sequence classification (MiniLM on Rotten Tomatoes offline)
+    multiple_choice/  a causal LM scores option letters (SmolLM2 offline)
+    vision/           image classification (EfficientNet-Lite0 on Fashion-MNIST offline)
+    mof/              MOF band-gap regression (CHGNet / CGCNN on CoRE MOF offline)
+    recipe.py         the `Recipe` protocol;  files.py  reading tables and packaged files
+
+Adding a task is one new folder with a recipe and one line in `TASKS`.
 """
+
+from __future__ import annotations
+
+from balora.tasks.mof.recipe import MOFRecipe
+from balora.tasks.multiple_choice.recipe import MultipleChoiceRecipe
+from balora.tasks.recipe import Recipe
+from balora.tasks.text.recipe import TextRecipe
+from balora.tasks.vision.recipe import VisionRecipe
+
+TASKS: dict[str, Recipe] = {
+    recipe.name: recipe
+    for recipe in (TextRecipe(), MultipleChoiceRecipe(), VisionRecipe(), MOFRecipe())
+}
+"""Every task by its ``--task`` name."""
+
+__all__ = ["TASKS", "Recipe"]

@@ -15,28 +15,36 @@ import balora
 from balora.alpha import default_features
 from balora.inject import backbone_alpha_preactivations, get_adapter
 from balora.methods import TrainConfig, make_method
-from balora.recipes import multiple_choice as recipe
-from balora.recipes.multiple_choice import (
+from balora.tasks.multiple_choice import (
+    DATASETS,
     MASKED_LOGIT,
     LetterScorer,
     MultipleChoiceTask,
     MultipleChoiceTaskConfig,
-    encode_examples,
-    load_multiple_choice_examples,
-    load_multiple_choice_task,
-)
-from balora.tasks.multiple_choice import (
-    DATASETS,
     collate_multiple_choice,
+    encode_examples,
     format_prompt,
     letter_token_ids,
     load_multiple_choice,
+    load_multiple_choice_examples,
+    load_multiple_choice_task,
     option_logits,
+    recipe,
 )
 
 FIXTURES = Path(__file__).parent / "fixtures" / "multiple_choice"
 ARC_E, ARC_C = str(FIXTURES / "arc_easy.jsonl"), str(FIXTURES / "arc_challenge.jsonl")
 LLAMA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def _encode(task, examples):
+    """Inputs as a trained run's scorer takes them: the task's K and max_length."""
+    return encode_examples(
+        task.tokenizer,
+        examples,
+        num_options=len(task.label_names),
+        max_length=task.config.max_length,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -257,7 +265,7 @@ def test_a_row_scores_the_same_padded_as_alone(model_dirs, kind):
         batch = task.base_model(**inputs)
         wider = task.base_model(**extra)
         for row, example in enumerate(examples):
-            alone = task.base_model(**encode_examples(task, [example]))
+            alone = task.base_model(**_encode(task, [example]))
             torch.testing.assert_close(alone[0], batch[row], rtol=0, atol=1e-5)
     torch.testing.assert_close(wider, batch, rtol=0, atol=1e-5)
 
@@ -290,9 +298,7 @@ def test_encode_examples_with_a_tokenizer(arc_task):
         encode_examples(arc_task.tokenizer, examples, num_options=3)
     short = encode_examples(arc_task.tokenizer, examples, num_options=5, max_length=8)
     assert short["input_ids"].shape == (3, 8)
-    assert torch.equal(
-        encode_examples(arc_task, examples)["input_ids"], arc_task.test.inputs["input_ids"]
-    )
+    assert torch.equal(_encode(arc_task, examples)["input_ids"], arc_task.test.inputs["input_ids"])
 
 
 # --------------------------------------------------------------------------------------------

