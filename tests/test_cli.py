@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from pathlib import Path
 
 import pytest
 
@@ -15,14 +16,12 @@ WORDS = {
 }
 
 
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory):
+def tiny_bert_dir(path: Path) -> Path:
     """A 2-layer BERT classifier with random weights and the MiniLM tokenizer, on disk."""
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
     from balora.tasks.text import default_text_model_path
 
-    path = tmp_path_factory.mktemp("tiny-bert")
     tokenizer = AutoTokenizer.from_pretrained(default_text_model_path())
     config = BertConfig(
         vocab_size=tokenizer.vocab_size,
@@ -35,6 +34,11 @@ def tiny_model_dir(tmp_path_factory):
     BertForSequenceClassification(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+    return tiny_bert_dir(tmp_path_factory.mktemp("tiny-bert"))
 
 
 def _rows(n, seed=0):

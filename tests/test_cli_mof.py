@@ -24,13 +24,11 @@ def crystals() -> dict[str, Structure]:
 GAPS = {"si": 0.6, "nacl": 5.0, "zno": 0.7, "mof": 3.2}
 
 
-@pytest.fixture(scope="module")
-def labelled(tmp_path_factory):
+def write_labelled(root):
     """A label CSV of 12 rows (three copies of each crystal, one row metallic-looking) and a
-    folder of their CIFs."""
-    root = tmp_path_factory.mktemp("mof")
+    folder of their CIFs, under `root`."""
     cifs = root / "cifs"
-    cifs.mkdir()
+    cifs.mkdir(parents=True)
     lines = ["name,n_atoms,gap_ev,frac_occ"]
     for copy in range(3):
         for name, structure in crystals().items():
@@ -40,6 +38,11 @@ def labelled(tmp_path_factory):
     labels = root / "labels.csv"
     labels.write_text("\n".join(lines) + "\n")
     return labels, cifs
+
+
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory):
+    return write_labelled(tmp_path_factory.mktemp("mof"))
 
 
 @pytest.fixture(scope="module")

@@ -274,8 +274,8 @@ def test_batch_norm_stays_frozen_in_training(effnet):
 # ── ViTs ────────────────────────────────────────────────────────────────────────────────────
 
 
-@pytest.fixture
-def tiny_vit(tmp_path):
+def tiny_vit_dir(path):
+    """A 2-layer ViT classifier with random weights, on disk."""
     from transformers import ViTConfig, ViTForImageClassification
 
     torch.manual_seed(0)
@@ -288,9 +288,13 @@ def tiny_vit(tmp_path):
         intermediate_size=32,
         num_labels=2,
     )
-    path = tmp_path / "tiny-vit"
     ViTForImageClassification(config).save_pretrained(path)
     return path
+
+
+@pytest.fixture
+def tiny_vit(tmp_path):
+    return tiny_vit_dir(tmp_path / "tiny-vit")
 
 
 def test_hf_vit_recipe_trains_and_predicts(tmp_path, tiny_vit):

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from balora import commands
+import balora.commands as commands
 from balora.argparsing import add_dataclass_arguments
 from balora.commands import DEMO_METHODS
 from balora.config import BaLoRAConfig

@@ -87,11 +87,33 @@ def _on(device: torch.device, factory: Callable[[], Any]) -> Callable[[], Any]:
     return lambda: factory().to(device)
 
 
+def _unloaded() -> torch.nn.Module:
+    raise RuntimeError("the placeholder factory of a method check builds no model")
+
+
+def _check_method(args: argparse.Namespace, recipe: Recipe, train_cfg: TrainConfig) -> None:
+    """Build the method on a placeholder factory: an option or a combination of method and
+    task that the method refuses ends here, before any data or model is loaded."""
+    try:
+        make_method(
+            args.method,
+            _unloaded,
+            recipe.kind,
+            gaussian=recipe.gaussian,
+            adapter=adapter_config(args, ("placeholder",), ()),
+            train=train_cfg,
+            seed=args.seed,
+        )
+    except NotImplementedError as e:
+        raise UserError(f"--method {args.method} does not support --task {args.task}: {e}") from e
+
+
 def train(args: argparse.Namespace) -> int:
     recipe = TASKS[args.task]
     cfg = recipe.prepare(dataclass_from_args(recipe.config_class, args))
     train_cfg = dataclass_from_args(TrainConfig, args)
     device = _device(args)
+    _check_method(args, recipe, train_cfg)
     task = recipe.load(cfg, progress=train_cfg.progress)
     _report_skipped("train", task.skipped)
     adapter = adapter_config(args, task.target_modules, task.modules_to_save)

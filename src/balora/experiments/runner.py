@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import hashlib
 import json
 import os
 import random
@@ -33,7 +32,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from balora._version import __version__
@@ -44,6 +43,15 @@ from balora.experiments.evaluate import (
     classification_evaluation,
     regression_evaluation,
     regression_std,
+)
+from balora.experiments.fingerprint import (
+    NOT_FINGERPRINTED,
+    data_fingerprint,
+    diff,
+    fingerprint_of,
+    hash_of,
+    inspect_model,
+    tensors_of,
 )
 from balora.experiments.measure import PeakMemoryMeter, Stopwatch
 from balora.experiments.results import (
@@ -59,16 +67,13 @@ from balora.experiments.results import (
 from balora.inject import get_adapter, has_adapter, last_alpha
 from balora.io import write_json
 from balora.methods import METHODS, Method, TrainConfig, make_method
-from balora.predict import Prediction, model_output, predict_batched, stream_seed
+from balora.predict import Prediction, predict_batched, stream_seed
 
 DEFAULT_NUM_SAMPLES: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
 RUNS_DIR = "runs"
 ARRAYS_DIR = "arrays"
 PLOT_FILES = ("reliability.png", "uncertainty_vs_error.png", "metrics_vs_samples.png", "alpha.png")
 
-# Config entries that do not enter the fingerprint: a rerun may rename the comparison, add
-# methods or add seeds and still reuse the runs already done.
-_NOT_FINGERPRINTED = ("name", "methods", "seeds")
 
 # Streams of the prediction seeds (test, OOD, validation, α pass).
 _TEST, _OOD, _VAL, _ALPHA = range(4)
@@ -165,106 +170,15 @@ def resolve_methods(entries: Sequence[Any]) -> list[MethodSpec]:
     return out
 
 
-# ── fingerprints ────────────────────────────────────────────────────────────────────────────
-
-
-def _hash(data: Any) -> str:
-    text = json.dumps(data, sort_keys=True, separators=(",", ":"), allow_nan=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def _tensors(data: Data) -> dict[str, Tensor]:
-    """Every tensor of `data` by name: ``inputs`` (or ``inputs.<key>``) and ``targets``."""
-    if isinstance(data.inputs, Tensor):
-        named = {"inputs": data.inputs}
-    else:
-        named = {f"inputs.{k}": v for k, v in data.inputs.items()}
-    return {**named, "targets": data.targets}
-
-
-def data_fingerprint(data: Data) -> dict[str, Any]:
-    """Size, shapes, dtypes and a content hash of a `Data` (every byte of every tensor)."""
-    h = hashlib.blake2b(digest_size=16)
-    shapes = {}
-    for key, t in sorted(_tensors(data).items()):
-        if not isinstance(t, Tensor):
-            continue
-        t = t.detach().to("cpu").contiguous()
-        shapes[key] = [list(t.shape), str(t.dtype).removeprefix("torch.")]
-        h.update(f"{key}{list(t.shape)}{t.dtype}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().data if t.numel() else b"")
-    return {"n": len(data), "tensors": shapes, "checksum": h.hexdigest()}
-
-
-def model_fingerprint(model: nn.Module, model_factory: ModelFactory) -> dict[str, Any]:
-    """What the factory built: its name, the model class, the parameter count and a checksum
-    of the parameters."""
-    summary = []
-    count = 0
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            count += p.numel()
-            p64 = p.detach().double()
-            summary.append(
-                [name, list(p.shape), f"{float(p64.sum()):.9e}", f"{float(p64.abs().sum()):.9e}"]
-            )
-    factory_name = getattr(model_factory, "__qualname__", type(model_factory).__qualname__)
-    return {
-        "factory": f"{getattr(model_factory, '__module__', '?')}.{factory_name}",
-        "class": f"{type(model).__module__}.{type(model).__qualname__}",
-        "parameters": count,
-        "checksum": _hash(summary),
-    }
-
-
-def _inspect_model(model_factory: ModelFactory, train: Data) -> dict[str, Any]:
-    """Build the base model once (torch RNG seeded with 0 and restored afterwards, so a randomly
-    initialised model is described reproducibly), fingerprint it, and warm up with one
-    forward / backward pass and optimiser step on a few training examples, so that one-off costs
-    (lazy imports and initialisation, allocator growth) do not land in the first run's timing."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = model_factory()
-        info = model_fingerprint(model, model_factory)
-        model.train()
-        out = model_output(model, train.select(slice(0, min(8, len(train)))).inputs)
-        if out.requires_grad:
-            out.float().sum().backward()
-            torch.optim.AdamW(p for p in model.parameters() if p.requires_grad).step()
-    del model, out
-    return info
-
-
-def fingerprint_of(config: Mapping[str, Any]) -> str:
-    """The hash of a run configuration, leaving out what a rerun may change (name, methods,
-    seeds)."""
-    return _hash({k: v for k, v in config.items() if k not in _NOT_FINGERPRINTED})
-
-
 def _run_fingerprint(config_fingerprint: str, spec: MethodSpec, seed: int) -> str:
-    return _hash([config_fingerprint, spec.name, spec.options, seed])
-
-
-def _diff(old: Any, new: Any, prefix: str = "") -> list[str]:
-    if isinstance(old, Mapping) and isinstance(new, Mapping):
-        out = []
-        for key in sorted(set(old) | set(new), key=str):
-            path = f"{prefix}.{key}" if prefix else str(key)
-            if key not in old:
-                out.append(f"{path}: (absent) -> {new[key]!r}")
-            elif key not in new:
-                out.append(f"{path}: {old[key]!r} -> (absent)")
-            else:
-                out += _diff(old[key], new[key], path)
-        return out
-    return [] if old == new else [f"{prefix}: {old!r} -> {new!r}"]
+    return hash_of([config_fingerprint, spec.name, spec.options, seed])
 
 
 # ── running ─────────────────────────────────────────────────────────────────────────────────
 
 
 def _device_of(data: Data) -> torch.device:
-    for t in _tensors(data).values():
+    for t in tensors_of(data).values():
         if isinstance(t, Tensor):
             return t.device
     return torch.device("cpu")
@@ -576,7 +490,7 @@ def compare(
         "eval_batch_size": eval_batch_size,
         "device": device.type,
         "data": {k: None if d is None else data_fingerprint(d) for k, d in data.items()},
-        "model": _inspect_model(model_factory, train),
+        "model": inspect_model(model_factory, train),
     }
     fingerprint = fingerprint_of(config)
     ctx = _Context(
@@ -605,9 +519,9 @@ def compare(
         if removed:
             warnings.warn(f"resume=False: deleted {removed} finished run(s) in {out}", stacklevel=2)
     elif previous is not None and previous.get("fingerprint") != fingerprint:
-        old = {k: v for k, v in previous.get("config", {}).items() if k not in _NOT_FINGERPRINTED}
-        new = {k: v for k, v in config.items() if k not in _NOT_FINGERPRINTED}
-        changes = "; ".join(_diff(old, new)[:12]) or "(the stored results have another format)"
+        old = {k: v for k, v in previous.get("config", {}).items() if k not in NOT_FINGERPRINTED}
+        new = {k: v for k, v in config.items() if k not in NOT_FINGERPRINTED}
+        changes = "; ".join(diff(old, new)[:12]) or "(the stored results have another format)"
         raise StaleResultsError(
             f"{out} holds results of another run configuration (fingerprint "
             f"{previous.get('fingerprint')} != {fingerprint}); changed: {changes}. "
