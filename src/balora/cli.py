@@ -178,7 +178,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--task", choices=sorted(TASKS), default="text")
     known, _ = pre.parse_known_args(argv)
-    args = build_parser(known.task).parse_args(argv)
+    parser = build_parser(known.task)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if args.command != "predict":
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.texts = [*args.texts, *_late_inputs(parser, extra)]
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
@@ -195,6 +200,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"balora {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _late_inputs(parser: argparse.ArgumentParser, extra: list[str]) -> list[str]:
+    """``predict``'s inputs given after its options (``RUN --num-samples 2 "text"``), which
+    argparse leaves over; after ``--`` anything is an input, even ``-2,-2``."""
+    cut = extra.index("--") if "--" in extra else len(extra)
+    before, after = extra[:cut], extra[cut + 1 :]
+    options = [item for item in before if item.startswith("-")]
+    if options:
+        parser.error(f"unrecognized arguments: {' '.join(options)}")
+    return [*before, *after]
 
 
 if __name__ == "__main__":
