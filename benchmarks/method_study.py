@@ -43,7 +43,7 @@ from balora.experiments import compare
 from balora.experiments.results import MethodRun, Results
 from balora.experiments.runner import MethodSpec
 from balora.methods import TrainConfig
-from balora.recipes.text import TextTaskConfig, load_text_task
+from balora.tasks.text import TextTaskConfig, load_text_task
 
 # ── the budget ──────────────────────────────────────────────────────────────────────────────
 

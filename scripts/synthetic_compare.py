@@ -23,7 +23,8 @@ from torch import nn
 
 from balora import BaLoRAConfig
 from balora.experiments import compare
-from balora.methods import METHODS, Data, TrainConfig
+from balora.dataset import Data
+from balora.methods import METHODS, TrainConfig
 
 D_IN, N_CLASSES = 8, 3
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 from balora.dataset import Data, ModelFactory, TaskKind
+from balora.errors import UserError
 from balora.predict import Prediction
 
 
@@ -51,6 +52,22 @@ class LoadedTask:
     """Inputs that could not be used: name → reason (reported, and kept in run.json)."""
     description: str = ""
     """What the data is, for the line printed before training."""
+
+    @classmethod
+    def labelled(cls, task: Any) -> LoadedTask:
+        """A classification task's splits, factory and defaults, its ``label_names`` kept
+        for run.json (any object with those attributes, and optionally ``ood``)."""
+        return cls(
+            train=task.train,
+            val=task.val,
+            test=task.test,
+            ood=getattr(task, "ood", None),
+            model_factory=task.model_factory,
+            target_modules=task.target_modules,
+            modules_to_save=task.modules_to_save,
+            record={"label_names": task.label_names},
+            description=f"labels {task.label_names}",
+        )
 
 
 @dataclass
@@ -147,6 +164,17 @@ class Recipe(Protocol):
     def describe(self, metrics: dict[str, Any]) -> str:
         """A one-line summary of evaluation metrics."""
         ...
+
+
+def inputs_from(items: Sequence[str], file: Path | None, what: str) -> list[str]:
+    """``predict``'s inputs: the arguments, then the non-blank lines of `file`; a
+    `UserError` that asks for `what` when there are none."""
+    found = list(items)
+    if file is not None:
+        found += [line.strip() for line in file.read_text().splitlines() if line.strip()]
+    if not found:
+        raise UserError(f"give {what}")
+    return found
 
 
 def _number(metrics: dict[str, Any], key: str, digits: int = 4) -> str:

@@ -43,7 +43,13 @@ from balora.tasks.mof.graphs import (
     featurize_many,
     mof_data,
 )
-from balora.tasks.recipe import Encoded, EvaluationSource, LoadedTask, TrainedTask
+from balora.tasks.recipe import (
+    Encoded,
+    EvaluationSource,
+    LoadedTask,
+    TrainedTask,
+    inputs_from,
+)
 
 # Later blocks with adapters by default (docs/mof.md, "Design")
 CHGNET_ADAPTED_BLOCKS = ("atom_conv_layers.2", "atom_conv_layers.3")
@@ -281,12 +287,7 @@ class MOFRecipe:
     def read_inputs(
         self, cfg: MOFTaskConfig, run: dict[str, Any], items: Sequence[str], file: Path | None
     ) -> list[str]:
-        paths = list(items)
-        if file is not None:
-            paths += [line.strip() for line in file.read_text().splitlines() if line.strip()]
-        if not paths:
-            raise UserError("give CIF files, or --file listing them")
-        return paths
+        return inputs_from(items, file, "CIF files, or --file listing them")
 
     def encode_inputs(
         self, cfg: MOFTaskConfig, run: dict[str, Any], trained: TrainedTask, items: list[str]

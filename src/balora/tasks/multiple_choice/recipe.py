@@ -290,16 +290,7 @@ class MultipleChoiceRecipe(ClassificationRecipe):
 
     def load(self, cfg: MultipleChoiceTaskConfig, *, progress: bool) -> LoadedTask:
         task = load_multiple_choice_task(cfg)
-        return LoadedTask(
-            train=task.train,
-            val=task.val,
-            test=task.test,
-            model_factory=task.model_factory,
-            target_modules=task.target_modules,
-            modules_to_save=task.modules_to_save,
-            record={"label_names": task.label_names},
-            description=f"labels {task.label_names}",
-        )
+        return LoadedTask.labelled(task)
 
     def load_trained(self, cfg: MultipleChoiceTaskConfig, run: dict[str, Any]) -> TrainedTask:
         task = load_multiple_choice_task(cfg, label_names=run["label_names"])

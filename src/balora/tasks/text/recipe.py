@@ -18,7 +18,6 @@ import torch
 from torch import nn
 
 from balora.dataset import Data
-from balora.errors import UserError
 from balora.splits import random_subset
 from balora.tasks.recipe import (
     ClassificationRecipe,
@@ -26,6 +25,7 @@ from balora.tasks.recipe import (
     EvaluationSource,
     LoadedTask,
     TrainedTask,
+    inputs_from,
 )
 from balora.tasks.text.backbone import default_targets, encode_texts, load_sequence_classifier
 from balora.tasks.text.data import (
@@ -145,10 +145,6 @@ def load_text_task(cfg: TextTaskConfig, label_names: list[str] | None = None) ->
     )
 
 
-def _lines(file: Path) -> list[str]:
-    return [line.strip() for line in file.read_text().splitlines() if line.strip()]
-
-
 class TextRecipe(ClassificationRecipe):
     """``--task text``: sequence classification of texts."""
 
@@ -158,16 +154,7 @@ class TextRecipe(ClassificationRecipe):
 
     def load(self, cfg: TextTaskConfig, *, progress: bool) -> LoadedTask:
         task = load_text_task(cfg)
-        return LoadedTask(
-            train=task.train,
-            val=task.val,
-            test=task.test,
-            model_factory=task.model_factory,
-            target_modules=task.target_modules,
-            modules_to_save=task.modules_to_save,
-            record={"label_names": task.label_names},
-            description=f"labels {task.label_names}",
-        )
+        return LoadedTask.labelled(task)
 
     def load_trained(self, cfg: TextTaskConfig, run: dict[str, Any]) -> TrainedTask:
         # only the backbone: no need to read the training data
@@ -177,10 +164,7 @@ class TextRecipe(ClassificationRecipe):
     def read_inputs(
         self, cfg: TextTaskConfig, run: dict[str, Any], items: Sequence[str], file: Path | None
     ) -> list[str]:
-        texts = list(items) + (_lines(file) if file is not None else [])
-        if not texts:
-            raise UserError("give texts to classify, or --file with one text per line")
-        return texts
+        return inputs_from(items, file, "texts to classify, or --file with one text per line")
 
     def encode_inputs(
         self, cfg: TextTaskConfig, run: dict[str, Any], trained: TrainedTask, items: list[str]

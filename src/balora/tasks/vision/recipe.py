@@ -26,6 +26,7 @@ from balora.tasks.recipe import (
     EvaluationSource,
     LoadedTask,
     TrainedTask,
+    inputs_from,
 )
 from balora.tasks.vision.backbones import DEFAULT_MODEL, ImageClassifier, load_vision_backbone
 from balora.tasks.vision.data import (
@@ -184,10 +185,6 @@ def _backbone(
     )
 
 
-def _lines(file: Path) -> list[str]:
-    return [line.strip() for line in file.read_text().splitlines() if line.strip()]
-
-
 class VisionRecipe(ClassificationRecipe):
     """``--task vision``: image classification."""
 
@@ -198,17 +195,7 @@ class VisionRecipe(ClassificationRecipe):
 
     def load(self, cfg: VisionTaskConfig, *, progress: bool) -> LoadedTask:
         task = load_vision_task(cfg)
-        return LoadedTask(
-            train=task.train,
-            val=task.val,
-            test=task.test,
-            ood=task.ood,
-            model_factory=task.model_factory,
-            target_modules=task.target_modules,
-            modules_to_save=task.modules_to_save,
-            record={"label_names": task.label_names},
-            description=f"labels {task.label_names}",
-        )
+        return LoadedTask.labelled(task)
 
     def load_trained(self, cfg: VisionTaskConfig, run: dict[str, Any]) -> TrainedTask:
         model, _, _ = _backbone(cfg, run["label_names"])
@@ -217,10 +204,7 @@ class VisionRecipe(ClassificationRecipe):
     def read_inputs(
         self, cfg: VisionTaskConfig, run: dict[str, Any], items: Sequence[str], file: Path | None
     ) -> list[str]:
-        paths = list(items) + (_lines(file) if file is not None else [])
-        if not paths:
-            raise UserError("give image files or folders of images, or --file listing them")
-        return paths
+        return inputs_from(items, file, "image files or folders of images, or --file listing them")
 
     def encode_inputs(
         self, cfg: VisionTaskConfig, run: dict[str, Any], trained: TrainedTask, items: list[str]
