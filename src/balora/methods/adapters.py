@@ -46,7 +46,7 @@ class AdapterMethod(Method):
         return Path(directory)
 
     def load(self, directory: str | os.PathLike[str]) -> Self:
-        self.model = load_state(self._fresh(), Path(directory) / ADAPTER_DIR).eval()
+        self.model = load_state(self.build_seeded(), Path(directory) / ADAPTER_DIR).eval()
         return self
 
 
@@ -110,7 +110,7 @@ class FullFineTune(Method):
         path = Path(directory) / MODEL_FILE
         if not path.is_file():
             raise FileNotFoundError(f"no model weights at {path}")
-        model = self._fresh()
+        model = self.build_seeded()
         load_model(model, path)
         self.model = model.eval()
         return self
@@ -173,7 +173,7 @@ class Ensemble(Method):
     def load(self, directory: str | os.PathLike[str]) -> Self:
         for m, member in enumerate(self.members):
             path = Path(directory) / f"member-{m}"
-            member.model = load_state(member._fresh(), path).eval()
+            member.model = load_state(member.build_seeded(), path).eval()
         self.model = self.members[0].model
         return self
 

@@ -1,4 +1,4 @@
-"""What every method shares: data, the training budget, the training loop and the interface.
+"""What every method shares: the training budget, the training loop and the interface.
 
 A method is built from a model factory (a fresh base model per call), a task and a budget; it
 `fit`s on training data (model selection on validation data only) and `predict`s a
@@ -8,6 +8,7 @@ alike.
     Method(factory, task, adapter=BaLoRAConfig(...), train=TrainConfig(...))
         .fit(train: Data, val: Data | None) -> FitReport
         .predict(inputs, num_samples, seed) -> Prediction
+        .save(directory) / .load(directory)      the trained state, each method its own files
 """
 
 from __future__ import annotations
@@ -201,7 +202,7 @@ class Method:
         options, not fitted); returns the method, ready to `predict`."""
         raise NotImplementedError(f"loading a trained {self.name!r} method is not supported")
 
-    def _fresh(self) -> nn.Module:
+    def build_seeded(self) -> nn.Module:
         """`build` under the method's seed, leaving the caller's global RNG as it was (the
         initial values are overwritten by `load`)."""
         with torch.random.fork_rng(devices=[]):

@@ -104,12 +104,15 @@ def tokenize(
     return dict(encoded)
 
 
-def default_targets(model: nn.Module) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """Default ``(target_modules, modules_to_save)`` for a sequence classifier."""
+def default_targets(model: nn.Module) -> tuple[str, ...]:
+    """The attention projections to adapt in a sequence classifier (by its model type)."""
     model_type = getattr(getattr(model, "config", None), "model_type", None)
-    targets = TARGETS_BY_MODEL_TYPE.get(model_type, ("query", "value"))
-    heads = tuple(h for h in HEAD_NAMES if hasattr(model, h))
-    return targets, heads[:1]
+    return TARGETS_BY_MODEL_TYPE.get(model_type, ("query", "value"))
+
+
+def head_of(model: nn.Module) -> tuple[str, ...]:
+    """The new classification head of a sequence classifier (its `modules_to_save`)."""
+    return tuple(h for h in HEAD_NAMES if hasattr(model, h))[:1]
 
 
 def encode_texts(tokenizer: Any, texts: list[str], max_length: int) -> dict[str, torch.Tensor]:

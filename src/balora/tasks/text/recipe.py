@@ -27,7 +27,12 @@ from balora.tasks.recipe import (
     TrainedTask,
     inputs_from,
 )
-from balora.tasks.text.backbone import default_targets, encode_texts, load_sequence_classifier
+from balora.tasks.text.backbone import (
+    default_targets,
+    encode_texts,
+    head_of,
+    load_sequence_classifier,
+)
 from balora.tasks.text.data import (
     TextClassificationData,
     TextSplit,
@@ -113,8 +118,7 @@ def load_text_backbone(
     model, tokenizer = load_sequence_classifier(
         cfg.model, num_labels=len(label_names), label_names=label_names
     )
-    targets, heads = default_targets(model)
-    return model, tokenizer, targets, heads
+    return model, tokenizer, default_targets(model), head_of(model)
 
 
 def load_text_task(cfg: TextTaskConfig, label_names: list[str] | None = None) -> TextTask:
