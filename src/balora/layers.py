@@ -46,6 +46,8 @@ class AdapterState:
     config: BaLoRAConfig
     sampling: bool = False
     disabled: bool = False
+    # True while training without noise (a deterministic warm-up): train mode is then LoRA.
+    deterministic: bool = False
     seed: int | None = None
     # Pre-activations of the `backbone` α source for the current batch: (b, L, k).
     backbone_z: Tensor | None = None
@@ -121,9 +123,9 @@ class BaLoRALayer(nn.Module):
         """Apply an A-shaped weight: (b, ..., d_in) -> (b, ..., r)."""
         return F.linear(x, weight)
 
-    def _project_b(self, h: Tensor) -> Tensor:
-        """Apply B: (b, ..., r) -> (b, ..., d_out)."""
-        return F.linear(h, self.lora_B)
+    def _project_b(self, h: Tensor, weight: Tensor | None = None) -> Tensor:
+        """Apply B (or a B-shaped `weight`): (b, ..., r) -> (b, ..., d_out)."""
+        return F.linear(h, self.lora_B if weight is None else weight)
 
     def _pool(self, x: Tensor) -> Tensor:
         """Pool an input over its positions: (b, ..., d_in) -> (b, d_in)."""
@@ -154,7 +156,9 @@ class BaLoRALayer(nn.Module):
         if self.merged and self.training:
             raise RuntimeError(f"{self.name}: cannot train a merged adapter; call unmerge first")
         result = self.base_layer(x, *args, **kwargs)
-        stochastic = (self.training or state.sampling) and config.noise != "none"
+        stochastic = (
+            (self.training and not state.deterministic) or state.sampling
+        ) and config.noise != "none"
         dropout_on = config.lora_dropout > 0 and (
             self.training or (state.sampling and config.mc_dropout)
         )
@@ -248,6 +252,23 @@ class BaLoRALayer(nn.Module):
         else:
             self.last_kl = kl.mean(dim=-1)
 
+    @torch.no_grad()
+    def noise_moments(self, x: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """What this layer adds to its base output for input `x`, in closed form:
+        ``(s·B·A·x, Var[s·B·(Ω−A)·x], α(x))``, the variance per output unit and position (the
+        exact marginal of either noise structure; ``None`` and ``None`` without noise)."""
+        x = x.to(self.lora_A.dtype)
+        update = self.scaling * self._project_b(self._project_a(x, self.lora_A))
+        if self.config.noise == "none":
+            return update, None, None
+        alpha, _ = self._alpha(x)  # (b, k)
+        scale = self._noise_scale()
+        var_h = self._project_a(x * x, scale * scale)  # (b, ..., r): Var of (scale ⊙ E) x
+        var_h = self._alpha_view(alpha, var_h) * var_h
+        # the rank components draw independent rows of E: their variances add through B²
+        var = self.scaling**2 * self._project_b(var_h, self.lora_B * self.lora_B)
+        return update, var, alpha
+
     # -- merging ------------------------------------------------------------------------------
     def merge(self) -> None:
         """Fold the posterior mean ``s B A`` into the base weight."""
@@ -315,8 +336,9 @@ class ConvNd(BaLoRALayer):
         base = self.base_layer
         return self._conv(x, weight, None, base.stride, base.padding, base.dilation, groups)
 
-    def _project_b(self, h: Tensor) -> Tensor:
-        return self._conv(h, self.lora_B.view(*self.lora_B.shape, *([1] * self._spatial)))
+    def _project_b(self, h: Tensor, weight: Tensor | None = None) -> Tensor:
+        weight = self.lora_B if weight is None else weight
+        return self._conv(h, weight.view(*weight.shape, *([1] * self._spatial)))
 
     def _pool(self, x: Tensor) -> Tensor:
         return x.flatten(2).mean(dim=2)  # (b, C, *spatial) -> (b, C)
