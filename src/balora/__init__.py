@@ -11,6 +11,7 @@ The public API, and nothing else::
 
 from balora._version import __version__
 from balora.config import BaLoRAConfig
+from balora.diagnostics import NoiseDiagnostics, noise_diagnostics
 from balora.inject import (
     apply,
     disable_adapters,
@@ -29,6 +30,7 @@ from balora.predict import Prediction, predict, sampling
 __all__ = [
     "BaLoRAConfig",
     "BaLoRALayer",
+    "NoiseDiagnostics",
     "Prediction",
     "__version__",
     "apply",
@@ -39,6 +41,7 @@ __all__ = [
     "load",
     "merge",
     "merge_and_unload",
+    "noise_diagnostics",
     "predict",
     "sampling",
     "save",

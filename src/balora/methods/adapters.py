@@ -23,6 +23,7 @@ from balora.dataset import Data, Inputs
 from balora.inject import apply
 from balora.io import load_state, save, write_atomic
 from balora.methods.base import FitReport, Method, train_model
+from balora.methods.heads import adapted_head, fit_probe, freeze_heads, load_head, save_head
 from balora.predict import Prediction, model_output, summarize
 
 ADAPTER_DIR = "adapter"
@@ -30,23 +31,64 @@ MODEL_FILE = "model.safetensors"
 
 
 class AdapterMethod(Method):
-    """A method that applies a variant of the adapter config to a fresh base model; saved as
-    one adapter folder (`balora.save`), loaded into a freshly built model."""
+    """A method that applies a variant of the adapter config to a fresh base model, with the
+    task's head handled by ``TrainConfig.head`` (`balora.methods.heads`); saved as one adapter
+    folder (`balora.save`), loaded into a freshly built model."""
 
     def adapter_config(self) -> BaLoRAConfig:
         return self.adapter
 
+    def wrap(self, model: nn.Module, config: BaLoRAConfig) -> nn.Module:
+        """Put the adapters on `model` (layer variants override this)."""
+        return apply(model, config)
+
+    @property
+    def heads(self) -> tuple[str, ...]:
+        return tuple(self.adapter.modules_to_save)
+
+    @property
+    def head_mode(self) -> str:
+        return self.train_config.head if self.heads else "new"
+
     def build(self) -> nn.Module:
-        return apply(self.model_factory(), self.adapter_config())
+        model = self.model_factory()
+        config = self.adapter_config()
+        if self.head_mode == "adapted":
+            config = adapted_head(config, model)
+        model = self.wrap(model, config)
+        if self.head_mode == "probe":
+            freeze_heads(model, self.heads)
+        return model
+
+    def prepare(self, train: Data) -> nn.Module:
+        if self.head_mode != "probe":
+            return self.build()
+        model = self.model_factory()
+        fit_probe(self, model, train, self.heads)
+        model = self.wrap(model, self.adapter_config())
+        freeze_heads(model, self.heads)  # saved with the adapter (modules_to_save), not trained
+        return model
+
+    def save_adapter(self, model: nn.Module, directory: Path) -> None:
+        """One adapter folder (and an adapted head's frozen weights)."""
+        save(model, directory)
+        if self.head_mode == "adapted":
+            save_head(model, self.heads, directory)
+
+    def load_adapter(self, directory: Path) -> nn.Module:
+        model = load_state(self.build_seeded(), directory)
+        if self.head_mode == "adapted":
+            load_head(model, directory)
+        return model.eval()
 
     def save(self, directory: str | os.PathLike[str]) -> Path:
         if self.model is None:
             raise RuntimeError(f"{self.name}: call fit() before save()")
-        save(self.model, Path(directory) / ADAPTER_DIR)
+        self.save_adapter(self.model, Path(directory) / ADAPTER_DIR)
         return Path(directory)
 
     def load(self, directory: str | os.PathLike[str]) -> Self:
-        self.model = load_state(self.build_seeded(), Path(directory) / ADAPTER_DIR).eval()
+        self.model = self.load_adapter(Path(directory) / ADAPTER_DIR)
         return self
 
 
@@ -167,13 +209,12 @@ class Ensemble(Method):
         if self.model is None:
             raise RuntimeError("ensemble: call fit() before save()")
         for m, member in enumerate(self.members):
-            save(member.model, Path(directory) / f"member-{m}")
+            member.save_adapter(member.model, Path(directory) / f"member-{m}")
         return Path(directory)
 
     def load(self, directory: str | os.PathLike[str]) -> Self:
         for m, member in enumerate(self.members):
-            path = Path(directory) / f"member-{m}"
-            member.model = load_state(member.build_seeded(), path).eval()
+            member.model = member.load_adapter(Path(directory) / f"member-{m}")
         self.model = self.members[0].model
         return self
 

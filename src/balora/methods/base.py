@@ -205,8 +205,13 @@ class Method:
         # is left as it was
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
-            self.model = self.build()
+            self.model = self.prepare(train)
             return train_model(self, self.model, train, val)
+
+    def prepare(self, train: Data) -> nn.Module:
+        """The model ready for the shared loop (default: `build`; a method that must look at
+        the training data first, such as a head probe, overrides it)."""
+        return self.build()
 
     def predict(self, inputs: Inputs, num_samples: int = 32, seed: int | None = 0) -> Prediction:
         """A `Prediction` from `num_samples` posterior samples (0: the point estimate). The

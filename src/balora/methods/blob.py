@@ -199,10 +199,5 @@ class BLoB(AdapterMethod):
             mc_dropout=False,
         )
 
-    def build(self) -> nn.Module:
-        return apply_blob(
-            self.model_factory(),
-            self.adapter_config(),
-            prior_std=self.prior_std,
-            init_std=self.init_std,
-        )
+    def wrap(self, model: nn.Module, config: BaLoRAConfig) -> nn.Module:
+        return apply_blob(model, config, prior_std=self.prior_std, init_std=self.init_std)
