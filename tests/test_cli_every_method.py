@@ -12,7 +12,7 @@ from balora.cli import main
 from balora.methods import METHODS
 from tests.conftest import MC_FIXTURES
 
-REFUSED = {("laplace", "mof"): "Gaussian"}
+REFUSED = {("laplace", "mof"): "Gaussian", ("lora_ts", "mof"): "classification"}
 """Combinations refused at train, with a word of the message."""
 
 

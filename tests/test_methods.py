@@ -21,10 +21,21 @@ import balora
 from balora.dataset import Data
 from balora.methods import METHODS, Method, TrainConfig, make_method
 from balora.methods.blob import BLoBLinear, apply_blob, gaussian_kl
+from balora.methods.temperature import fit_temperature
 from tests.conftest import MLP, Holder, tiny_bert
 
-ALL = ("lora", "mc_dropout", "ensemble", "blob", "balora", "balora_constant", "laplace", "full_ft")
-DETERMINISTIC = {"lora", "full_ft"}
+ALL = (
+    "lora",
+    "lora_ts",
+    "mc_dropout",
+    "ensemble",
+    "blob",
+    "balora",
+    "balora_constant",
+    "laplace",
+    "full_ft",
+)
+DETERMINISTIC = {"lora", "lora_ts", "full_ft"}
 CASES = ("classification", "regression", "gaussian")
 N_TRAIN, N_VAL, N_TEST = 256, 64, 200
 ADAPTER = balora.BaLoRAConfig(
@@ -97,6 +108,7 @@ def cases():
         for name in ALL
         for case in CASES
         if not (name == "laplace" and case == "gaussian")
+        and not (name == "lora_ts" and case != "classification")
     ]
 
 
@@ -349,3 +361,23 @@ def test_prediction_with_the_prefix_cache_equals_the_full_passes(name, monkeypat
     assert cached.epistemic.abs().max() > 0  # the samples differ
     for field in ("mean", "aleatoric", "epistemic"):
         torch.testing.assert_close(getattr(cached, field), getattr(full, field))
+
+
+def test_temperature_scaling_recovers_a_known_temperature():
+    g = torch.Generator().manual_seed(0)
+    z = 2.0 * torch.randn(4000, 3, generator=g, dtype=torch.float64)
+    labels = torch.multinomial(z.softmax(-1), 1, generator=g).squeeze(1)  # calibrated by z
+    assert fit_temperature(3.0 * z, labels) == pytest.approx(3.0, rel=0.05)
+
+
+def test_temperature_scaled_lora_keeps_lora_accuracy_and_refuses_regression():
+    ts, lora = fitted("lora_ts", "classification"), fitted("lora", "classification")
+    _, val, test = dataset("classification")
+    a, b = ts.predict(test.inputs, 0), lora.predict(test.inputs, 0)
+    assert torch.equal(a.mean.argmax(-1), b.mean.argmax(-1))
+    val_nll = lambda p: float(-p.mean[torch.arange(len(val)), val.targets].log().mean())  # noqa: E731
+    assert val_nll(ts.predict(val.inputs, 0)) <= val_nll(lora.predict(val.inputs, 0)) + 1e-9
+    with pytest.raises(NotImplementedError, match="classification"):
+        make_method("lora_ts", factory(1), "regression")
+    with pytest.raises(ValueError, match="validation data"):
+        build("lora_ts", "classification").fit(dataset("classification")[0])

@@ -1,7 +1,8 @@
 """Every method of a comparison behind one name: build with `make_method(name, ...)`.
 
-Names: lora, mc_dropout, ensemble, blob, balora, balora_constant, laplace, full_ft. Each is
-trained by the same loop and budget (`TrainConfig`) and predicts a `balora.Prediction`.
+Names: lora, lora_ts (temperature-scaled), mc_dropout, ensemble, blob, balora, balora_constant,
+laplace, full_ft. Each is trained by the same loop and budget (`TrainConfig`), predicts a
+`balora.Prediction`, and saves and loads its own trained state.
 """
 
 from __future__ import annotations
@@ -13,10 +14,21 @@ from balora.methods.adapters import BaLoRA, BaLoRAConstant, Ensemble, FullFineTu
 from balora.methods.base import FitReport, Method, TrainConfig
 from balora.methods.blob import BLoB
 from balora.methods.laplace import Laplace
+from balora.methods.temperature import TemperatureScaledLoRA
 
 METHODS: dict[str, type[Method]] = {
     cls.name: cls
-    for cls in (LoRA, MCDropout, Ensemble, BLoB, BaLoRA, BaLoRAConstant, Laplace, FullFineTune)
+    for cls in (
+        LoRA,
+        TemperatureScaledLoRA,
+        MCDropout,
+        Ensemble,
+        BLoB,
+        BaLoRA,
+        BaLoRAConstant,
+        Laplace,
+        FullFineTune,
+    )
 }
 
 
