@@ -5,6 +5,7 @@ from the fixtures (no downloads); only the test marked slow runs SmolLM2."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 import torch
 
 import balora
+import balora.splits
 from balora.alpha import default_features
 from balora.inject import backbone_alpha_preactivations, get_adapter
 from balora.methods import TrainConfig, make_method
@@ -31,6 +33,7 @@ from balora.tasks.multiple_choice import (
     option_logits,
     recipe,
 )
+from balora.tasks.multiple_choice.classification import CLASSIFICATION_SETS
 
 FIXTURES = Path(__file__).parent / "fixtures" / "multiple_choice"
 ARC_E, ARC_C = str(FIXTURES / "arc_easy.jsonl"), str(FIXTURES / "arc_challenge.jsonl")
@@ -88,7 +91,8 @@ def test_config_defaults_aliases_and_round_trip():
     # every dataset of the loaders is a CLI choice and has an option count
     from typing import get_args
 
-    assert set(get_args(recipe.DatasetName)) == set(DATASETS) == set(recipe.MAX_OPTIONS)
+    assert set(get_args(recipe.DatasetName)) == {*DATASETS, *CLASSIFICATION_SETS}
+    assert set(DATASETS) == set(recipe.MAX_OPTIONS)
 
 
 @pytest.mark.parametrize(
@@ -452,3 +456,55 @@ def test_smollm2_balora_trains_on_arc_and_predicts():
     torch.testing.assert_close(pred.mean.sum(-1), torch.ones(3))
     assert (pred.mean[~mask] == 0).all()
     assert len(get_adapter(method.model).layers) == 30 * 7
+
+
+# -- a labelled text set as a two-option question ---------------------------------------------
+
+
+def test_rotten_tomatoes_as_a_question_uses_the_text_tasks_split():
+    from balora.tasks.text import TextTaskConfig
+    from balora.tasks.text.recipe import load_text_data
+
+    cfg = MultipleChoiceTaskConfig(dataset="rotten_tomatoes", max_train=6, max_eval=3)
+    train, val, test = load_multiple_choice_examples(cfg)
+    assert (len(train), len(val), len(test)) == (6, 3, 3)
+    assert all(ex.options == ["negative", "positive"] for ex in train + val + test)
+    assert train[0].prompt.splitlines()[-4:] == [
+        "Question: Is this review positive or negative?",
+        "A. negative",
+        "B. positive",
+        "Answer:",
+    ]
+    text = load_text_data(TextTaskConfig())
+    ids = balora.splits.random_subset(len(text.train), 6, 0)
+    assert [ex.context for ex in train] == [text.train.texts[i] for i in ids]
+    assert [ex.answer for ex in train] == [text.train.labels[i] for i in ids]
+
+
+def test_classification_file_as_a_question_through_the_cli(model_dirs, tmp_path, capsys):
+    from balora.cli import main
+
+    rows = ["review,sentiment"] + [
+        f"{'a fine warm film' if i % 2 else 'a dull flat film'},{'pos' if i % 2 else 'neg'}"
+        for i in range(30)
+    ]
+    data = tmp_path / "reviews.csv"
+    data.write_text("\n".join(rows) + "\n")
+    run = tmp_path / "run"
+    argv = ["train", "--task", "multiple-choice", "--dataset", "classification", "-o", str(run)]
+    argv += ["--train-file", str(data), "--text-column", "review", "--label-column", "sentiment"]
+    argv += ["--label-words", "bad", "good", "--question", "Good or bad?"]
+    argv += ["--model", model_dirs["llama"], "--epochs", "1", "--batch-size", "4", "--r", "2"]
+    assert main([*argv, "--no-progress", "--method", "lora"]) == 0
+    record = json.loads((run / "run.json").read_text())
+    assert record["label_names"] == ["A", "B"]
+    assert record["option_words"] == ["bad", "good"]
+    assert main(["evaluate", str(run), "--data", str(data), "-o", str(tmp_path / "ev")]) == 0
+    assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["examples"] == 30
+    capsys.readouterr()
+    assert main(["predict", str(run), "a fine film", "--format", "jsonl"]) == 0
+    row = json.loads(capsys.readouterr().out)
+    assert row["label"] in ("bad", "good")
+    assert row["text"] == "a fine film"
+    with pytest.raises(ValueError, match="classification' reads train_file"):
+        MultipleChoiceTaskConfig(dataset="classification")

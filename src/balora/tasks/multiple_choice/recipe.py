@@ -41,7 +41,15 @@ from torch import nn
 
 from balora.dataset import Data
 from balora.errors import UserError
+from balora.predict import Prediction
 from balora.splits import holdout, random_subset
+from balora.tasks.multiple_choice.classification import (
+    CLASSIFICATION_SETS,
+    DEFAULT_QUESTION,
+    as_examples,
+    load_classification,
+    read_texts,
+)
 from balora.tasks.multiple_choice.data import (
     DATASETS,
     MultipleChoiceExample,
@@ -55,6 +63,7 @@ from balora.tasks.recipe import (
     EvaluationSource,
     LoadedTask,
     TrainedTask,
+    inputs_from,
 )
 
 DatasetName = Literal[
@@ -66,6 +75,8 @@ DatasetName = Literal[
     "arc_easy",
     "arc_challenge",
     "openbookqa",
+    "rotten_tomatoes",
+    "classification",
 ]
 
 MAX_OPTIONS: dict[str, int] = {
@@ -95,10 +106,13 @@ def canonical_dataset(name: str) -> str:
     if not isinstance(name, str):
         raise ValueError(f"dataset must be a string, got {name!r}")
     key = name.strip().lower().replace("-", "_")
+    if key in CLASSIFICATION_SETS:
+        return key
     for canonical, spec in DATASETS.items():
         if key == canonical or key in {a.replace("-", "_") for a in spec.aliases}:
             return canonical
-    raise ValueError(f"dataset must be one of {sorted(DATASETS)} (or an alias), got {name!r}")
+    known = sorted([*DATASETS, *CLASSIFICATION_SETS])
+    raise ValueError(f"dataset must be one of {known} (or an alias), got {name!r}")
 
 
 def _optional_positive_int(name: str, value: Any) -> None:
@@ -136,6 +150,15 @@ class MultipleChoiceTaskConfig:
     """Seed of the carved splits and of the subsets."""
     holdout_fraction: float = 0.1
     """Fraction of the training rows carved out for each missing split (at least one row)."""
+    text_column: str = "text"
+    """dataset='classification': the column holding the text."""
+    label_column: str = "label"
+    """dataset='classification': the column holding the label."""
+    question: str = DEFAULT_QUESTION
+    """rotten_tomatoes / classification: the question asked after each text."""
+    label_words: tuple[str, ...] | None = None
+    """rotten_tomatoes / classification: the option shown for each class, in label order
+    (default: negative / positive for Rotten Tomatoes, the label names otherwise)."""
 
     def __post_init__(self) -> None:
         self.dataset = canonical_dataset(self.dataset)  # type: ignore[assignment]
@@ -146,6 +169,14 @@ class MultipleChoiceTaskConfig:
                 setattr(self, name, value)
             if value is not None and (not isinstance(value, str) or not value.strip()):
                 raise ValueError(f"{name} must be a non-empty string or None, got {value!r}")
+        if self.dataset == "classification" and self.train_file is None:
+            raise ValueError("dataset='classification' reads train_file: give a labelled file")
+        if self.label_words is not None:
+            self.label_words = tuple(self.label_words)
+            if len(self.label_words) < 2 or not all(w.strip() for w in self.label_words):
+                raise ValueError(f"label_words must name 2 or more classes, got {self.label_words}")
+        if not self.question.strip():
+            raise ValueError("question must not be empty")
         if self.train_file is None:
             given = [n for n in ("validation_file", "test_file") if getattr(self, n) is not None]
             if given:
@@ -198,7 +229,13 @@ def load_multiple_choice_examples(
     """The ``(train, validation, test)`` examples named by `cfg`, carved and subset (see the
     module docstring for the rules)."""
     name, fraction = cfg.dataset, cfg.holdout_fraction
-    if cfg.train_file is not None:
+    if name in CLASSIFICATION_SETS:
+        data, words = load_classification(cfg)
+        train, val, test = (
+            as_examples(split, words, cfg.question)
+            for split in (data.train, data.validation, data.test)
+        )
+    elif cfg.train_file is not None:
         train = load_multiple_choice(name, path=cfg.train_file)
         val = test = None
         if cfg.validation_file is not None:
@@ -213,7 +250,7 @@ def load_multiple_choice_examples(
         else:
             val, test = None, load_multiple_choice(name, "validation")
     # distinct seeds per carve, so the test rows do not depend on whether validation is carved
-    if test is None:
+    if test is None:  # (never for CLASSIFICATION_SETS: they are split like the text task)
         train, test = _carve(train, fraction, cfg.split_seed + 1_000_003, "test")
     if val is None:
         train, val = _carve(train, fraction, cfg.split_seed + 1_000_004, "validation")
@@ -242,6 +279,8 @@ class MultipleChoiceTask:
     base_model: LetterScorer
     target_modules: tuple[str, ...]
     modules_to_save: tuple[str, ...] = ()
+    option_words: list[str] | None = None
+    """rotten_tomatoes / classification: the word shown for each class (its option)."""
 
     def model_factory(self) -> nn.Module:
         """A fresh copy of the pretrained scorer (nothing is newly initialised: the LM head is
@@ -256,7 +295,7 @@ def load_multiple_choice_task(
     trained run's), the task must score the same letters."""
     train, val, test = load_multiple_choice_examples(cfg)
     most = max(len(ex.options) for split in (train, val, test) for ex in split)
-    num_options = max(MAX_OPTIONS[cfg.dataset], most)
+    num_options = max(MAX_OPTIONS.get(cfg.dataset, 2), most)
     letters = option_letters(num_options)
     if label_names is not None and list(label_names) != letters:
         raise ValueError(f"the task scores the letters {letters} but the run has {label_names}")
@@ -278,19 +317,33 @@ def load_multiple_choice_task(
         base_model=scorer,
         target_modules=targets,
         modules_to_save=(),
+        option_words=list(train[0].options) if cfg.dataset in CLASSIFICATION_SETS else None,
     )
+
+
+def _questions(task: MultipleChoiceTask, texts: Sequence[str], labels: Sequence[int]):
+    """A classification set's texts as the task's questions."""
+    words, question = task.option_words, task.config.question
+    return [
+        MultipleChoiceExample(question=question, options=list(words), answer=y, context=text)
+        for text, y in zip(texts, labels, strict=True)
+    ]
 
 
 class MultipleChoiceRecipe(ClassificationRecipe):
     """``--task multiple-choice``: a causal LM scores the option letters."""
 
     name = "multiple-choice"
-    summary = "a causal LM scores option letters"
+    summary = "a causal LM scores option letters (also a labelled text set as a question)"
     config_class = MultipleChoiceTaskConfig
 
     def load(self, cfg: MultipleChoiceTaskConfig, *, progress: bool) -> LoadedTask:
         task = load_multiple_choice_task(cfg)
-        return LoadedTask.labelled(task)
+        loaded = LoadedTask.labelled(task)
+        if task.option_words is not None:
+            loaded.record["option_words"] = task.option_words
+            loaded.description += f" for {task.option_words}"
+        return loaded
 
     def load_trained(self, cfg: MultipleChoiceTaskConfig, run: dict[str, Any]) -> TrainedTask:
         task = load_multiple_choice_task(cfg, label_names=run["label_names"])
@@ -302,7 +355,12 @@ class MultipleChoiceRecipe(ClassificationRecipe):
         run: dict[str, Any],
         items: Sequence[str],
         file: Path | None,
-    ) -> list[MultipleChoiceExample]:
+    ) -> list[Any]:
+        if cfg.dataset in CLASSIFICATION_SETS:  # texts, as for the text task
+            texts = list(items)
+            if file is not None:
+                texts += read_texts(file, cfg.text_column, None, [])[0]
+            return inputs_from(texts, None, "texts to classify, or --file listing them")
         if items or file is None:
             raise UserError(
                 "multiple-choice runs read questions from --file (the dataset's format)"
@@ -324,16 +382,27 @@ class MultipleChoiceRecipe(ClassificationRecipe):
         cfg: MultipleChoiceTaskConfig,
         run: dict[str, Any],
         trained: TrainedTask,
-        items: list[MultipleChoiceExample],
+        items: list[Any],
     ) -> Encoded:
+        if cfg.dataset in CLASSIFICATION_SETS:
+            names, items = list(items), _questions(trained.encoder, items, [0] * len(items))
+        else:
+            names = [ex.question for ex in items]
         inputs = self._encode(trained.encoder, items)
-        names = [ex.question for ex in items]
         return Encoded(names, Data(inputs, torch.zeros(len(items), dtype=torch.long)))
 
     def read_evaluation(
         self, cfg: MultipleChoiceTaskConfig, run: dict[str, Any], source: EvaluationSource
-    ) -> list[MultipleChoiceExample] | None:
-        return None if source.data is None else load_multiple_choice(cfg.dataset, path=source.data)
+    ) -> Any:
+        if source.data is None:
+            return None
+        if cfg.dataset in CLASSIFICATION_SETS:
+            # labels by the training data's class names, in their order
+            names = load_classification(cfg)[0].label_names
+            text = source.text_column or cfg.text_column
+            label = source.label_column or cfg.label_column
+            return read_texts(source.data, text, label, names)
+        return load_multiple_choice(cfg.dataset, path=source.data)
 
     def evaluation_data(
         self, cfg: MultipleChoiceTaskConfig, run: dict[str, Any], trained: TrainedTask, read: Any
@@ -341,5 +410,17 @@ class MultipleChoiceRecipe(ClassificationRecipe):
         task: MultipleChoiceTask = trained.encoder
         if read is None:
             return task.test, None, {}
+        if isinstance(read, tuple):  # (texts, labels) of a classification set
+            read = _questions(task, *read)
         answers = torch.tensor([ex.answer for ex in read], dtype=torch.long)
         return Data(self._encode(task, read), answers), None, {}
+
+    def rows(
+        self, run: dict[str, Any], names: list[str], pred: Prediction
+    ) -> tuple[list[dict[str, Any]], list[str]]:
+        rows, columns = super().rows(run, names, pred)
+        words = run.get("option_words")
+        if words:  # the class word rather than its letter
+            for row in rows:
+                row["label"] = words[run["label_names"].index(row["label"])]
+        return rows, columns
