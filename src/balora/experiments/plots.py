@@ -6,6 +6,10 @@
                                uncertain are rejected; regression: predicted std vs |error|
     metrics_vs_samples.png     each main metric vs S (log2 axis), mean ± std over seeds
     alpha.png                  box plots of α(x) per adapted layer (methods that sample α)
+    training.png               over the training steps, per run: training and validation NLL,
+                               and the noise diagnostics recorded at every validation (output
+                               spread over samples, S = 0 − S NLL gap, noise / update and
+                               update / base ratios averaged over the adapted layers)
 
 All per-example plots use the evaluation at the largest S, pooled over seeds (the retention
 curves are averaged over seeds instead). Regenerate with
@@ -331,6 +335,80 @@ def plot_metrics_vs_samples(results: Results, path: Path) -> Path | None:
     return _save(fig, path, rect=(0, 0.08, 1, 0.96))
 
 
+# ── training curves ─────────────────────────────────────────────────────────────────────────
+
+
+def _layer_ratio(noise: dict, top: str, bottom: str) -> float:
+    ratios = [
+        layer[top] / layer[bottom]
+        for layer in noise.get("layers", [])
+        if layer.get(top) is not None and layer.get(bottom)
+    ]
+    return float(np.mean(ratios)) if ratios else math.nan
+
+
+TRAINING_PANELS: tuple[tuple[str, str], ...] = (
+    ("train_nll", "training NLL"),
+    ("val_nll", "validation NLL (S = 0)"),
+    ("output_std", "output spread over samples"),
+    ("nll_gap", "val. NLL at S = 0 − at S = 10"),
+    ("noise_over_update", "noise std / ‖update‖ (layers)"),
+    ("update_over_base", "‖update‖ / ‖W₀x‖ (layers)"),
+)
+
+
+def _training_value(record: dict, key: str) -> float:
+    noise = record.get("noise") or {}
+    if key == "noise_over_update":
+        return _layer_ratio(noise, "noise_std", "update_norm")
+    if key == "update_over_base":
+        return _layer_ratio(noise, "update_norm", "base_norm")
+    value = record.get(key, noise.get(key))
+    return math.nan if value is None else float(value)
+
+
+def _first_segment(history: list[dict]) -> list[dict]:
+    """One training's records (an ensemble lists its members one after another)."""
+    out = []
+    for record in history:
+        if out and record.get("step", 0) <= out[-1].get("step", 0):
+            break
+        out.append(record)
+    return out
+
+
+def plot_training(results: Results, path: Path) -> Path | None:
+    """The training history of every run (thin lines, one per seed; an ensemble's first
+    member) and its noise diagnostics, against the optimisation step."""
+    runs = [r for r in results.runs if r.history and "step" in r.history[0]]
+    if not runs:
+        return None
+    colors = _colors(results)
+    fig, axes = _grid(len(TRAINING_PANELS), ncols=3)
+    labelled: set[str] = set()
+    for run in runs:
+        records = _first_segment(run.history)
+        steps = [r["step"] for r in records]
+        for ax, (key, _) in zip(axes, TRAINING_PANELS, strict=True):
+            values = [_training_value(r, key) for r in records]
+            if all(math.isnan(v) for v in values):
+                continue
+            label = run.method if run.method not in labelled and ax is axes[0] else None
+            ax.plot(
+                steps, values, "o-", ms=2, lw=1, alpha=0.8, color=colors[run.method], label=label
+            )
+        labelled.add(run.method)
+    for ax, (key, title) in zip(axes, TRAINING_PANELS, strict=True):
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("optimisation step", fontsize=8)
+        if key in ("train_nll", "update_over_base"):
+            ax.set_yscale("log")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(5, len(labels)), fontsize=8)
+    fig.suptitle("Training and noise diagnostics (one line per seed)", fontsize=10)
+    return _save(fig, path, rect=(0, 0.07, 1, 0.96))
+
+
 # ── α ───────────────────────────────────────────────────────────────────────────────────────
 
 
@@ -393,6 +471,7 @@ def plot_results(results: Results, output_dir: Path | None = None) -> dict[str, 
         ),
         "epistemic_vs_error": plot_epistemic_vs_error(results, out / "epistemic_vs_error.png"),
         "alpha": plot_alpha(results, out / "alpha.png"),
+        "training": plot_training(results, out / "training.png"),
     }
     drawn["reliability"] = plot_reliability(results, out / "reliability.png")
     return {k: v for k, v in drawn.items() if v is not None}

@@ -174,7 +174,9 @@ class MethodRun:
     ``val_nll`` (the posterior mean's); an ensemble lists its members' epochs one after another.
     `alpha` (per layer) and `prior_alpha` (α_p) are set for methods that sample α.
     `arrays` is the path, relative to the output folder, of the per-example arrays of the
-    evaluation at the largest S (for the plots).
+    evaluation at the largest S (for the plots). `best_step`: the step of the weights kept
+    (``TrainConfig.checkpoint``). `noise`: `balora.noise_diagnostics` on the first test
+    examples once training ended; each history record carries them on validation data too.
     """
 
     method: str
@@ -193,6 +195,8 @@ class MethodRun:
     alpha: dict[str, AlphaSummary] | None = None
     prior_alpha: float | None = None
     arrays: str | None = None
+    best_step: int | None = None
+    noise: dict[str, Any] | None = None
 
     def at(self, num_samples: int) -> Evaluation:
         """The evaluation at `num_samples` (the single one of a method that does not sample)."""
@@ -236,6 +240,8 @@ class MethodRun:
             else {k: AlphaSummary.from_dict(a) for k, a in alpha.items()},
             prior_alpha=data.get("prior_alpha"),
             arrays=data.get("arrays"),
+            best_step=data.get("best_step"),
+            noise=data.get("noise"),
         )
 
 

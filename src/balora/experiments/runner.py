@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 from balora._version import __version__
 from balora.config import BaLoRAConfig
 from balora.dataset import Data, ModelFactory, TaskKind
+from balora.diagnostics import noise_diagnostics
 from balora.experiments.evaluate import (
     alpha_values,
     classification_evaluation,
@@ -72,11 +73,18 @@ from balora.predict import Prediction, predict_batched, stream_seed
 DEFAULT_NUM_SAMPLES: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
 RUNS_DIR = "runs"
 ARRAYS_DIR = "arrays"
-PLOT_FILES = ("reliability.png", "uncertainty_vs_error.png", "metrics_vs_samples.png", "alpha.png")
+PLOT_FILES = (
+    "reliability.png",
+    "uncertainty_vs_error.png",
+    "metrics_vs_samples.png",
+    "alpha.png",
+    "training.png",
+    "epistemic_vs_error.png",
+)
 
 
-# Streams of the prediction seeds (test, OOD, validation, α pass).
-_TEST, _OOD, _VAL, _ALPHA = range(4)
+# Streams of the prediction seeds (test, OOD, validation, α pass, noise diagnostics).
+_TEST, _OOD, _VAL, _ALPHA, _NOISE = range(5)
 
 
 class StaleResultsError(ValueError):
@@ -287,6 +295,7 @@ class _Context:
     fingerprint: str
     output_dir: Path
     progress: bool
+    diagnostics: int
 
 
 def _slug(label: str) -> str:
@@ -346,6 +355,17 @@ def _run_one(ctx: _Context, spec: MethodSpec, seed: int) -> tuple[MethodRun, dic
     predict_bytes = meter.stop()
 
     alpha = collect_alpha(method, ctx.test, seed, bs)
+    noise = None
+    if method.model is not None and ctx.diagnostics > 0:
+        probe = ctx.test.select(slice(0, min(len(ctx.test), ctx.diagnostics)))
+        noise = noise_diagnostics(
+            method.model,
+            probe.inputs,
+            probe.targets,
+            task=ctx.task,
+            gaussian=ctx.gaussian,
+            seed=stream_seed(seed, _NOISE, 0),
+        ).to_dict()
     adapter = spec.adapter_for(ctx.adapter)
     run_path = _run_path(ctx.output_dir, spec, seed)
     run = MethodRun(
@@ -365,6 +385,8 @@ def _run_one(ctx: _Context, spec: MethodSpec, seed: int) -> tuple[MethodRun, dic
         alpha=None if alpha is None else {k: AlphaSummary.of(v) for k, v in alpha.items()},
         prior_alpha=None if alpha is None else adapter.prior_alpha,
         arrays=f"{ARRAYS_DIR}/{run_path.stem}.npz",
+        best_step=report.best_step,
+        noise=noise,
     )
     del method
     if ctx.device.type == "cuda":  # give the memory back before the next run is measured
@@ -426,6 +448,7 @@ def compare(
     name: str | None = None,
     eval_batch_size: int = 256,
     plots: bool = True,
+    diagnostics: int = 256,
 ) -> Results:
     """Train and evaluate every method with every seed under one budget; write the results.
 
@@ -449,6 +472,9 @@ def compare(
         name: the comparison's name (default: the folder's name).
         eval_batch_size: examples per prediction call.
         plots: draw the PNG plots at the end.
+        diagnostics: test examples on which each run's `balora.noise_diagnostics` is recorded
+            (0: none); the training history records them on validation data per
+            ``train_config.diagnostics``.
 
     Returns:
         The `Results`, also written to ``output_dir/results.json``.
@@ -509,6 +535,7 @@ def compare(
         fingerprint=fingerprint,
         output_dir=out,
         progress=progress,
+        diagnostics=diagnostics,
     )
     for spec in specs:  # fail on bad options or unsupported combinations before any training
         _make(ctx, spec, seed_list[0])
