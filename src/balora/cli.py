@@ -157,6 +157,13 @@ def build_parser(task: str = "text") -> argparse.ArgumentParser:
     _sample_counts_option(p)
     p.add_argument("--members", type=int, default=5, help="ensemble size (default: 5)")
     p.add_argument("--no-resume", action="store_true", help="redo finished methods")
+    p.add_argument(
+        "--evaluate-on",
+        choices=["test", "validation"],
+        default="test",
+        help="where the metrics come from: the test split, or the validation split to choose "
+        "options without looking at test data (no OOD set then) (default: test)",
+    )
     _common_training_options(p, methods=False, task=task)
 
     p = sub.add_parser("demo", help="LoRA vs MC dropout vs BaLoRA on the offline text task")

@@ -302,11 +302,13 @@ def compare(args: argparse.Namespace) -> int:
     args.output.mkdir(parents=True, exist_ok=True)
     write_json(args.output / "data.json", {"data": asdict(cfg), "skipped": task.skipped})
     batch_size = recipe.eval_batch_size(cfg)
+    on_validation = getattr(args, "evaluate_on", "test") == "validation"
+    ood = None if task.ood is None or on_validation else task.ood.to(device)
     results = run_comparison(
         _on(device, task.model_factory),
         task.train.to(device),
         task.val.to(device),
-        task.test.to(device),
+        (task.val if on_validation else task.test).to(device),
         [(m, _method_options(m, args)) for m in args.methods],
         task=recipe.kind,
         gaussian=recipe.gaussian,
@@ -314,7 +316,7 @@ def compare(args: argparse.Namespace) -> int:
         train_config=train_cfg,
         seeds=tuple(args.seeds),
         num_samples=tuple(args.num_samples),
-        ood=None if task.ood is None else task.ood.to(device),
+        ood=ood,
         output_dir=args.output,
         resume=not args.no_resume,
         **({} if batch_size is None else {"eval_batch_size": batch_size}),

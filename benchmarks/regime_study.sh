@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# The regime study of issue 15: long fine-tuning on small data, the last checkpoint, adapters
+# that carry the adaptation. One command per task; every step is a `balora compare` that
+# resumes per (method, seed), so rerunning a command after an interruption continues it.
+#
+#   bash benchmarks/regime_study.sh text   [OUT]   # MiniLM, 640 Rotten Tomatoes snippets
+#   bash benchmarks/regime_study.sh llm    [OUT]   # SmolLM2-135M scores "A. negative / B. positive"
+#   bash benchmarks/regime_study.sh vision [OUT]   # EfficientNet-Lite0, 1,000 Fashion-MNIST images
+#   bash benchmarks/regime_study.sh mof    [OUT]   # CGCNN, the 673 training MOFs
+#
+# OUT defaults to runs/regime; each task writes OUT/<task>/ and its logs. Two single-thread
+# lanes run side by side (2 cores). Seeds run one after another (seed-major), so an
+# interrupted study holds whole seeds. BaLoRA's options (the "lever") are chosen on the
+# validation split only: `--evaluate-on validation` screens, then benchmarks/regime_select.py.
+set -euo pipefail
+task=${1:?usage: regime_study.sh text|llm|vision|mof [OUT]}
+out=${2:-runs/regime}/$task
+mkdir -p "$out"
+export OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error
+
+# seed-major: `compare` with seeds 0, then 0 1, then 0 1 2 (finished runs are reused)
+by_seed() {
+  local seeds=("$@")
+  for n in $(seq 1 "${#seeds[@]}"); do
+    echo "${seeds[*]:0:$n}"
+  done
+}
+
+compare() {  # compare FOLDER SEEDS... -- OPTIONS...
+  local folder=$1; shift
+  local seeds=()
+  while [ "$1" != "--" ]; do seeds+=("$1"); shift; done
+  shift
+  for prefix in $(by_seed "${seeds[@]}" | tr ' ' ','); do
+    # shellcheck disable=SC2046
+    balora compare -o "$folder" --seeds $(echo "$prefix" | tr ',' ' ') "$@" --no-progress
+  done
+}
+
+screen() {  # screen FOLDER OPTIONS... : every lever arm of BaLoRA on the validation split
+  local folder=$1; shift
+  local arms
+  arms=$(python - <<'EOF'
+import sys; sys.path.insert(0, "benchmarks")
+from regime_select import ARMS
+print("\n".join(f"{k}={' '.join(v)}" for k, v in ARMS.items()))
+EOF
+)
+  balora compare -o "$folder/lora" --methods lora --seeds 0 --evaluate-on validation \
+    "$@" --num-samples 10 --no-progress
+  while IFS='=' read -r arm options; do
+    # shellcheck disable=SC2086
+    balora compare -o "$folder/$arm" --methods balora --seeds 0 --evaluate-on validation \
+      "$@" $options --num-samples 10 --no-progress
+  done <<< "$arms"
+  python benchmarks/regime_select.py "$folder" --at 10
+}
+
+SEEDS=(0 1 2)
+GRID=(--num-samples 1 4 10 32 64)  # BaLoRA's curve against S
+BASE_GRID=(--num-samples 1 4 10 32)  # the other sampling methods (S = 64 costs 4 minutes each)
+BASELINES=(lora lora_ts mc_dropout ensemble blob laplace)
+# QUICK=1: a smoke test of the whole pipeline (tiny data and budgets; not a result)
+quick() { if [ "${QUICK:-0}" = 1 ]; then echo "$2"; else echo "$1"; fi; }
+if [ "${QUICK:-0}" = 1 ]; then SEEDS=(0 1); GRID=(--num-samples 1 10); BASE_GRID=("${GRID[@]}"); fi
+
+case $task in
+text)
+  common=(--task text --max-train "$(quick 640 32)" --max-eval "$(quick 400 16)"
+          --max-length 48 --batch-size 8 --epochs 100 --max-steps "$(quick 1500 4)"
+          --checkpoint last --lr 1e-3 --members "$(quick 5 2)")
+  (  # lane 1: the lever screen, then BaLoRA with the chosen lever, both heads
+    lever=$(screen "$out/screen" "${common[@]}" --head adapted | tail -1)
+    echo "chosen lever: $lever"
+    # shellcheck disable=SC2086
+    compare "$out/adapted/balora" "${SEEDS[@]}" -- "${common[@]}" --head adapted \
+      --methods balora balora_constant "${GRID[@]}" $lever
+    # shellcheck disable=SC2086
+    compare "$out/new/balora" "${SEEDS[@]}" -- "${common[@]}" --head new \
+      --methods balora balora_constant "${GRID[@]}" $lever
+  ) > "$out/lane1.log" 2>&1 &
+  (  # lane 2: the baselines with the library's adapter defaults, full fine-tuning at its lr
+    compare "$out/adapted/baselines" "${SEEDS[@]}" -- "${common[@]}" --head adapted \
+      --methods "${BASELINES[@]}" "${BASE_GRID[@]}"
+    compare "$out/full_ft" "${SEEDS[@]}" -- "${common[@]}" --methods full_ft --lr 5e-5 \
+      "${BASE_GRID[@]}"
+    compare "$out/new/baselines" "${SEEDS[@]}" -- "${common[@]}" --head new \
+      --methods lora lora_ts mc_dropout "${BASE_GRID[@]}"
+  ) > "$out/lane2.log" 2>&1 &
+  wait
+  ;;
+*)
+  echo "unknown task $task (text, llm, vision or mof)" >&2
+  exit 2
+  ;;
+esac
+python benchmarks/regime_summary.py "$out" > "$out/summary.md"
+echo "wrote $out/summary.md"
