@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -62,9 +63,20 @@ def select(screen: Path, at: int) -> tuple[str, list[dict[str, object]]]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("screen", type=Path)
+    parser.add_argument("screen", type=Path, nargs="?")
+    parser.add_argument(
+        "--list",
+        action="store_true",
+        help="print ARM=OPTIONS lines of the arms in $SCREEN_ARMS (default: all) and stop",
+    )
     parser.add_argument("--at", type=int, default=10, help="S of the comparison (default 10)")
     args = parser.parse_args(argv)
+    if args.list:
+        wanted = os.environ.get("SCREEN_ARMS", "").split() or list(ARMS)
+        print("\n".join(f"{arm}={' '.join(ARMS[arm])}" for arm in wanted))
+        return 0
+    if args.screen is None:
+        parser.error("give the screen folder")
     best, rows = select(args.screen, args.at)
     (args.screen / "selection.json").write_text(
         json.dumps({"selected": best, "options": ARMS[best], "at": args.at, "arms": rows},

@@ -37,15 +37,10 @@ compare() {  # compare FOLDER SEEDS... -- OPTIONS...
   done
 }
 
-screen() {  # screen FOLDER OPTIONS... : every lever arm of BaLoRA on the validation split
-  local folder=$1; shift
+screen() {  # screen FOLDER OPTIONS... : BaLoRA's lever arms on the validation split
+  local folder=$1; shift  # $SCREEN_ARMS (space-separated) limits the arms; default: all
   local arms
-  arms=$(python - <<'EOF'
-import sys; sys.path.insert(0, "benchmarks")
-from regime_select import ARMS
-print("\n".join(f"{k}={' '.join(v)}" for k, v in ARMS.items()))
-EOF
-)
+  arms=$(SCREEN_ARMS="${SCREEN_ARMS:-}" python benchmarks/regime_select.py --list)
   balora compare -o "$folder/lora" --methods lora --seeds 0 --evaluate-on validation \
     "$@" --num-samples 10 --no-progress
   while IFS='=' read -r arm options; do
@@ -87,6 +82,74 @@ text)
     compare "$out/new/baselines" "${SEEDS[@]}" -- "${common[@]}" --head new \
       --methods lora lora_ts mc_dropout "${BASE_GRID[@]}"
   ) > "$out/lane2.log" 2>&1 &
+  wait
+  ;;
+llm)
+  # the paper's commonsense protocol on offline data: no new head, letters scored, one seed
+  common=(--task multiple-choice --dataset rotten_tomatoes --max-train "$(quick 640 16)"
+          --max-eval "$(quick 200 8)" --max-length 96 --batch-size 4 --epochs 100
+          --max-steps "$(quick 1000 4)" --checkpoint last --lr 1e-4 --members "$(quick 5 2)")
+  export SCREEN_ARMS="p0.1-layer p0.5-layer p0.5-element"
+  (
+    lever=$(screen "$out/screen" "${common[@]}" | tail -1)
+    echo "chosen lever: $lever"
+    # shellcheck disable=SC2086
+    compare "$out/lm/balora" 0 -- "${common[@]}" --methods balora balora_constant \
+      "${GRID[@]}" $lever
+    compare "$out/lm/ensemble" 0 -- "${common[@]}" --methods ensemble "${BASE_GRID[@]}"
+  ) > "$out/lane1.log" 2>&1 &
+  (
+    compare "$out/lm/baselines" 0 -- "${common[@]}" --methods lora lora_ts mc_dropout blob \
+      laplace "${BASE_GRID[@]}"
+  ) > "$out/lane2.log" 2>&1 &
+  wait
+  ;;
+vision)
+  common=(--task vision --max-train "$(quick 1000 32)" --max-eval "$(quick 1000 16)"
+          --batch-size 16 --epochs 100 --max-steps "$(quick 1000 4)" --checkpoint last
+          --lr 1e-3 --members "$(quick 5 2)")
+  export SCREEN_ARMS="p0.1-layer p0.5-layer p0.5-element"
+  (
+    lever=$(screen "$out/screen" "${common[@]}" --head adapted | tail -1)
+    echo "chosen lever: $lever"
+    for head in adapted probe; do
+      # shellcheck disable=SC2086
+      compare "$out/$head/balora" "${SEEDS[@]}" -- "${common[@]}" --head "$head" \
+        --methods balora balora_constant "${GRID[@]}" $lever
+    done
+  ) > "$out/lane1.log" 2>&1 &
+  (
+    for head in adapted probe; do
+      compare "$out/$head/baselines" "${SEEDS[@]}" -- "${common[@]}" --head "$head" \
+        --methods "${BASELINES[@]}" "${BASE_GRID[@]}"
+    done
+    compare "$out/full_ft" "${SEEDS[@]}" -- "${common[@]}" --methods full_ft --lr 1e-4 \
+      "${BASE_GRID[@]}"
+  ) > "$out/lane2.log" 2>&1 &
+  wait
+  ;;
+mof)
+  # the 673 training structures of the MOF study, four times its epochs, the last checkpoint
+  common=(--task mof --backbone cgcnn --epochs "$(quick 24 1)" --batch-size 32 --lr 1e-2
+          --checkpoint last --members 5)
+  if [ "${QUICK:-0}" = 1 ]; then common+=(--labels "${MOF_LABELS:?QUICK=1 needs MOF_LABELS}"); fi
+  export SCREEN_ARMS="p0.1-layer p0.5-layer p0.5-element"
+  for split in random size; do
+    (
+      if [ "$split" = random ]; then
+        screen "$out/screen" "${common[@]}" --split random | tail -1 > "$out/lever.txt"
+      else
+        while [ ! -s "$out/lever.txt" ]; do sleep 60; done
+      fi
+      lever=$(cat "$out/lever.txt")
+      echo "chosen lever: $lever"
+      # shellcheck disable=SC2086
+      compare "$out/$split/balora" "${SEEDS[@]}" -- "${common[@]}" --split "$split" \
+        --methods balora balora_constant "${GRID[@]}" $lever
+      compare "$out/$split/baselines" "${SEEDS[@]}" -- "${common[@]}" --split "$split" \
+        --methods lora ensemble mc_dropout blob "${BASE_GRID[@]}"
+    ) > "$out/$split.log" 2>&1 &
+  done
   wait
   ;;
 *)
