@@ -44,7 +44,7 @@ def test_unsupported_type_names_the_type_and_leaves_model_untouched():
     model = nn.Sequential(nn.Linear(3, 3), nn.Embedding(5, 3))
     before = copy.deepcopy(model)
     with pytest.raises(TypeError, match=r"Embedding.*supported: nn\.Linear"):
-        balora.apply(model, balora.BaLoRAConfig(target_modules=["0", "1"]))
+        balora.apply(model, balora.BaLoRAConfig(r=2, target_modules=["0", "1"]))
     assert isinstance(model[0], nn.Linear)
     assert "_balora" not in model.__dict__
     assert all(p.requires_grad for p in model.parameters())
@@ -207,3 +207,15 @@ def test_lora_dropout_only_in_training_unless_mc_dropout():
             y1 = model(x)
             y2 = model(x)
         assert (not torch.allclose(y1, y2)) is expect_random
+
+
+def test_a_rank_above_the_layer_width_is_refused_before_any_memory_is_taken():
+    model = nn.Sequential(nn.Linear(16, 8))
+    with pytest.raises(ValueError, match=r"r=100000 is larger than 0 itself \(16 → 8\)"):
+        balora.apply(model, balora.BaLoRAConfig(r=100_000, target_modules=["0"]))
+    assert isinstance(model[0], nn.Linear)
+
+
+def test_a_bad_regular_expression_names_the_field():
+    with pytest.raises(ValueError, match="target_modules .* is not a valid regular expression"):
+        balora.BaLoRAConfig(target_modules="(query")

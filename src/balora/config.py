@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -100,6 +101,13 @@ class BaLoRAConfig:
         if isinstance(self.target_modules, str):
             if not self.target_modules:
                 raise ValueError("target_modules must not be empty, got ''")
+            try:
+                re.compile(self.target_modules)
+            except re.error as e:
+                raise ValueError(
+                    f"target_modules {self.target_modules!r} is not a valid regular expression "
+                    f"({e}); give module names as a list, or fix the expression"
+                ) from None
         else:
             self.target_modules = _names("target_modules", self.target_modules)
             if not self.target_modules:

@@ -88,6 +88,12 @@ class BaLoRALayer(nn.Module):
         layer_index: int,
     ) -> None:
         super().__init__()
+        width = max(self.in_features, self.out_features)
+        if config.r > width:
+            raise ValueError(
+                f"r={config.r} is larger than {name} itself ({self.in_features} → "
+                f"{self.out_features}): choose r <= {width} (LoRA uses 4 to 64)"
+            )
         self.base_layer = base_layer
         self.config = config
         self.state = state
@@ -382,8 +388,13 @@ def _is_gpt2_conv1d(module: nn.Module) -> bool:
 SUPPORTED_TYPES = "nn.Linear, transformers Conv1D (GPT-2), nn.Conv1d, nn.Conv2d"
 
 
+class UnsupportedLayerError(TypeError):
+    """A targeted module that no BaLoRA wrapper fits (the message lists what is supported)."""
+
+
 def wrapper_class(module: nn.Module, name: str) -> type[BaLoRALayer]:
-    """The wrapper class for a base layer (an ordered list of checks), or raise `TypeError`."""
+    """The wrapper class for a base layer (an ordered list of checks), or raise
+    `UnsupportedLayerError`."""
     if isinstance(module, BaLoRALayer):
         raise ValueError(f"{name} is already a BaLoRA layer")
     if isinstance(module, nn.Linear):
@@ -392,7 +403,7 @@ def wrapper_class(module: nn.Module, name: str) -> type[BaLoRALayer]:
         return GPT2Conv1D
     if isinstance(module, nn.Conv1d | nn.Conv2d):
         if module.groups != 1 or module.padding_mode != "zeros":
-            raise TypeError(
+            raise UnsupportedLayerError(
                 f"cannot adapt {name}: {type(module).__name__} with groups={module.groups}, "
                 f"padding_mode={module.padding_mode!r}; only groups=1 with zero padding is "
                 "supported (target the pointwise convolutions instead)"
@@ -400,13 +411,13 @@ def wrapper_class(module: nn.Module, name: str) -> type[BaLoRALayer]:
         overrides = type(module).forward not in (nn.Conv1d.forward, nn.Conv2d.forward)
         if overrides and any(k != 1 for k in module.kernel_size):
             # e.g. TF-style "same" padding applied inside forward: the A path would not see it
-            raise TypeError(
+            raise UnsupportedLayerError(
                 f"cannot adapt {name}: {type(module).__name__} overrides forward (its padding "
                 f"is not in .padding) and has kernel {tuple(module.kernel_size)}; only 1x1 "
                 "kernels are supported for such subclasses"
             )
         return ConvNd
-    raise TypeError(
+    raise UnsupportedLayerError(
         f"cannot adapt {name}: unsupported module type {type(module).__name__}; "
         f"supported: {SUPPORTED_TYPES}"
     )
@@ -415,5 +426,5 @@ def wrapper_class(module: nn.Module, name: str) -> type[BaLoRALayer]:
 def wrap(
     module: nn.Module, config: BaLoRAConfig, state: AdapterState, name: str, index: int
 ) -> BaLoRALayer:
-    """Wrap a base layer in the matching BaLoRA layer, or raise `TypeError`."""
+    """Wrap a base layer in the matching BaLoRA layer, or raise `UnsupportedLayerError`."""
     return wrapper_class(module, name)(module, config, state, name, index)
