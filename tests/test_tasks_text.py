@@ -194,7 +194,7 @@ def _write(tmp_path: Path, name: str, content: str) -> Path:
         ("a.csv", "text,label\nok,0\n  ,1\n", {}, r"row 1 has an empty"),
         ("a.csv", "text,label\nok,0\nbad,\n", {}, r"row 1 is missing a label"),
         ("a.csv", "text,label\nok,pos\nbad,pos\n", {}, r"single class \('pos'\)"),
-        ("a.jsonl", '{"text": "ok", "label": 0.5}\n', {}, r"float label 0.5"),
+        ("a.jsonl", '{"text": "ok", "label": 0.5}\n', {}, r"a fraction, 0.5, as its label"),
         ("a.jsonl", '{"text": "ok", "label": 0}\n[1]\n', {}, r"line 2 is a JSON list"),
         ("a.jsonl", '{"text": "ok", "label": 0}\n{oops\n', {}, r"line 2 is not valid JSON"),
         ("a.csv", "text,label\n", {}, r"no rows"),

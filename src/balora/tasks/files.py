@@ -41,12 +41,29 @@ def package_file(distribution: str, module: str, relative: Path) -> Path:
 
 
 def open_text(path: Path) -> IO[str]:
-    """Open a text file for reading, decompressing ``.gz`` / ``.bz2`` by suffix."""
+    """Open a UTF-8 text file for reading (a byte-order mark, as Excel writes, is dropped),
+    decompressing ``.gz`` / ``.bz2`` by suffix."""
     if path.suffix == ".bz2":
-        return bz2.open(path, "rt", encoding="utf-8", newline="")
+        return bz2.open(path, "rt", encoding="utf-8-sig", newline="")
     if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8", newline="")
-    return open(path, encoding="utf-8", newline="")
+        return gzip.open(path, "rt", encoding="utf-8-sig", newline="")
+    return open(path, encoding="utf-8-sig", newline="")
+
+
+def read_text(path: Path) -> str:
+    """A whole UTF-8 text file (see `open_text`), or a `ValueError` that names the file."""
+    try:
+        with open_text(path) as f:
+            return f.read()
+    except UnicodeDecodeError as e:
+        raise ValueError(_not_utf8(path, e)) from None
+
+
+def _not_utf8(path: Path, e: UnicodeDecodeError) -> str:
+    return (
+        f"{path} is not UTF-8 text (byte {e.object[e.start : e.start + 1]!r} at offset "
+        f"{e.start}); save it as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)"
+    )
 
 
 def file_format(path: Path) -> str:
@@ -82,8 +99,19 @@ def read_records(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
                 f"{path}: reading Parquet needs pyarrow (pip install pyarrow)"
             ) from exc
         return pq.read_table(path).to_pylist()
+    try:
+        return _read_table(path, ext)
+    except UnicodeDecodeError as e:
+        raise ValueError(_not_utf8(path, e)) from None
+    except csv.Error as e:
+        raise ValueError(f"{path}: not a well-formed {ext[1:].upper()} file: {e}") from None
+
+
+def _read_table(path: Path, ext: str) -> list[dict[str, Any]]:
     with open_text(path) as f:
         if ext in (".csv", ".tsv"):
+            # long fields (whole documents) are fine: lift the csv module's 128 kB field limit
+            csv.field_size_limit(max(csv.field_size_limit(), 1 << 30))
             return list(csv.DictReader(f, delimiter="\t" if ext == ".tsv" else ","))
         rows = []
         for line_no, line in enumerate(f, start=1):

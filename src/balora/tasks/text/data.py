@@ -173,6 +173,20 @@ def _as_int_label(value: Any) -> int | None:
     return None
 
 
+def _is_fraction(value: Any) -> bool:
+    """A float, or a string that reads as a number but not as an integer (``"0.5"``, ``"1.0"``):
+    the same rule for every file format (JSON keeps its types, CSV gives strings)."""
+    if isinstance(value, float | np.floating):
+        return True
+    if isinstance(value, str) and _as_int_label(value) is None:
+        try:
+            float(value)
+        except ValueError:
+            return False
+        return value.strip().lower() not in ("nan", "inf", "-inf", "infinity")
+    return False
+
+
 def _encode_labels(
     values: list[Any],
     column: str,
@@ -188,10 +202,10 @@ def _encode_labels(
     for i, value in enumerate(values):
         if value is None or (isinstance(value, str) and not value.strip()):
             raise ValueError(f"{source}: row {i} is missing a label in column {column!r}")
-        if isinstance(value, float):
+        if _is_fraction(value):
             raise ValueError(
-                f"{source}: row {i} has a float label {value!r} in column {column!r}; "
-                "expected integers or class names"
+                f"{source}: row {i} has a number with a fraction, {value!r}, as its label in "
+                f"column {column!r}; classification needs integers (1, not 1.0) or class names"
             )
     as_ints = [_as_int_label(v) for v in values]
     if all(v is not None for v in as_ints):
