@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import os
 import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from balora.argparsing import add_dataclass_arguments
 from balora.commands import DEMO_METHODS
 from balora.config import BaLoRAConfig
 from balora.errors import UserError
+from balora.layers import UnsupportedLayerError
 from balora.methods import METHODS, TrainConfig
 from balora.tasks import TASKS
 
@@ -94,7 +96,20 @@ def build_parser(task: str = "text") -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train", help="train one method; save adapter, config and metrics")
-    p.add_argument("--output", "-o", type=Path, required=True, help="run directory to write")
+    p.add_argument(
+        "--output",
+        "-o",
+        type=Path,
+        required=True,
+        help="run directory to write (a folder that holds a finished run is refused unless "
+        "--overwrite)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the finished run in --output (its files, evaluations included, are "
+        "removed once the new training has finished)",
+    )
     _common_training_options(p, methods=True, task=task)
 
     p = sub.add_parser("evaluate", help="metrics JSON and plots of a trained run")
@@ -180,33 +195,64 @@ def build_parser(task: str = "text") -> argparse.ArgumentParser:
     return parser
 
 
+USER_ERRORS = (
+    UserError,
+    FileNotFoundError,
+    NotADirectoryError,
+    IsADirectoryError,
+    PermissionError,
+    ValueError,
+    KeyError,
+    UnsupportedLayerError,
+    NotImplementedError,
+    FloatingPointError,
+    ImportError,
+    OSError,
+)
+"""What a user's input can cause: one line and exit code 2. Anything else is a bug of ours
+and keeps its traceback (exit code 1). Order matters only for the message (KeyError's)."""
+
+
+def _message(e: BaseException) -> str:
+    text = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+    text = " ".join(str(text).split())  # one line
+    if isinstance(e, ImportError) and "pip install" not in text:
+        text += " (an optional dependency is missing: see the README's install section)"
+    return text or type(e).__name__
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # no weight-loading reports
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--task", choices=sorted(TASKS), default="text")
-    known, _ = pre.parse_known_args(argv)
-    parser = build_parser(known.task)
-    args, extra = parser.parse_known_args(argv)
-    if extra:
-        if args.command != "predict":
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
-        args.texts = [*args.texts, *_late_inputs(parser, extra)]
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-
+    command = "balora"
     try:
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # no weight-loading reports
+        pre = argparse.ArgumentParser(add_help=False)
+        pre.add_argument("--task", choices=sorted(TASKS), default="text")
+        known, _ = pre.parse_known_args(argv)
+        parser = build_parser(known.task)
+        args, extra = parser.parse_known_args(argv)
+        if extra:
+            if args.command != "predict":
+                parser.error(f"unrecognized arguments: {' '.join(extra)}")
+            args.texts = [*args.texts, *_late_inputs(parser, extra)]
+        command = f"balora {args.command}"
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
         return getattr(commands, args.command)(args)
-    except UserError as e:
-        print(f"balora {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    except (FileNotFoundError, ValueError, KeyError) as e:
-        message = e.args[0] if e.args else str(e)
-        print(f"balora {args.command}: error: {message}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
-        print(f"balora {args.command}: interrupted", file=sys.stderr)
+        print(f"{command}: interrupted", file=sys.stderr)
         return 130
+    except USER_ERRORS as e:
+        print(f"{command}: error: {_message(e)}", file=sys.stderr)
+        return 2
+    except Exception:
+        traceback.print_exc()
+        print(
+            f"{command}: internal error: this is a bug in balora; please report it with the "
+            "command line and the traceback above",
+            file=sys.stderr,
+        )
+        return 1
 
 
 def _late_inputs(parser: argparse.ArgumentParser, extra: list[str]) -> list[str]:

@@ -33,9 +33,17 @@ from balora.experiments.plots import plot_evaluation
 from balora.io import write_json
 from balora.methods import Method, TrainConfig, make_method
 from balora.predict import Prediction, predict_batched
-from balora.runs import RUN_FILE, read_run, run_record
+from balora.runs import (
+    RUN_FILE,
+    check_output,
+    finish_run,
+    read_run,
+    replace_run,
+    run_record,
+    start_run,
+)
 from balora.tasks import TASKS
-from balora.tasks.recipe import EvaluationSource, Recipe, TrainedTask
+from balora.tasks.recipe import EvaluationSource, LoadedTask, Recipe, TrainedTask
 
 DEMO_METHODS = ("lora", "mc_dropout", "balora")
 EVAL_BATCH = 128
@@ -114,7 +122,28 @@ def train(args: argparse.Namespace) -> int:
     train_cfg = dataclass_from_args(TrainConfig, args)
     device = _device(args)
     _check_method(args, recipe, train_cfg)
+    out: Path = args.output
+    had_run = check_output(out, overwrite=getattr(args, "overwrite", False))
     task = recipe.load(cfg, progress=train_cfg.progress)
+    start_run(out)
+    try:
+        return _train(args, recipe, cfg, train_cfg, task, device, out, had_run)
+    except BaseException:
+        if had_run and (out / RUN_FILE).is_file():
+            finish_run(out)  # the earlier run is untouched: it stays usable
+        raise
+
+
+def _train(
+    args: argparse.Namespace,
+    recipe: Recipe,
+    cfg: Any,
+    train_cfg: TrainConfig,
+    task: LoadedTask,
+    device: torch.device,
+    out: Path,
+    had_run: bool,
+) -> int:
     _report_skipped("train", task.skipped)
     adapter = adapter_config(args, task.target_modules, task.modules_to_save)
     method = make_method(
@@ -135,8 +164,8 @@ def train(args: argparse.Namespace) -> int:
     s = 16 if method.stochastic else 0
     pred = predict_batched(method, val, s, seed=0, batch_size=_batch_size(recipe, cfg))
     val_metrics, _ = EVALUATIONS[recipe.kind](pred, val.targets)
-    out: Path = args.output
-    out.mkdir(parents=True, exist_ok=True)
+    if had_run:
+        replace_run(out)
     method.save(out)
     write_json(
         out / RUN_FILE,
@@ -145,7 +174,7 @@ def train(args: argparse.Namespace) -> int:
             method=args.method,
             seed=args.seed,
             data=asdict(cfg),
-            adapter=adapter.to_dict(),
+            adapter=method.effective_adapter().to_dict(),
             train=asdict(train_cfg),
             **task.record,
             skipped=task.skipped,
@@ -156,6 +185,7 @@ def train(args: argparse.Namespace) -> int:
             validation=val_metrics,
         ),
     )
+    finish_run(out)
     print(f"validation: {recipe.describe(val_metrics)} (S={s}); wrote {out}")
     return 0
 
@@ -234,6 +264,8 @@ def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
 def evaluate(args: argparse.Namespace) -> int:
     if any(s < 0 for s in args.num_samples):
         raise UserError(f"--num-samples must be >= 0, got {args.num_samples}")
+    if args.output is not None and args.output.exists() and not args.output.is_dir():
+        raise UserError(f"-o {args.output} is a file, not a folder: give a folder")
     run = read_run(args.run)
     recipe, cfg = _run_recipe(run, args)
     source = EvaluationSource(args.data, args.text_column, args.label_column, args.cif_dir)
@@ -293,6 +325,8 @@ def _metrics_by_samples(
 
 
 def compare(args: argparse.Namespace) -> int:
+    if args.output.exists() and not args.output.is_dir():
+        raise UserError(f"-o {args.output} is a file, not a folder: give a folder")
     recipe = TASKS[args.task]
     cfg = recipe.prepare(dataclass_from_args(recipe.config_class, args))
     train_cfg = dataclass_from_args(TrainConfig, args)

@@ -183,7 +183,14 @@ def noise_diagnostics(
             finally:
                 state.backbone_z = None
         sampled = predict(
-            model, inputs, num_samples, task, seed=seed, keep_samples=True, gaussian=gaussian
+            model,
+            inputs,
+            num_samples,
+            task,
+            seed=seed,
+            keep_samples=True,
+            gaussian=gaussian,
+            warn_without_adapter=False,
         )
         output_std = _output_std(sampled.samples, task, gaussian)
         nll_mean = nll_sampled = None

@@ -18,6 +18,7 @@ Uncertainty from S samples (METHOD.md):
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
@@ -195,6 +196,7 @@ def predict(
     *,
     gaussian: bool = False,
     cache_prefix: bool = False,
+    warn_without_adapter: bool = True,
 ) -> Prediction:
     """Predict with S posterior samples (``num_samples=0``: the posterior mean only).
 
@@ -206,7 +208,8 @@ def predict(
     the model is stochastic in eval mode. ``cache_prefix=True`` runs the modules that finish
     before the first adapted layer once on the b inputs and repeats their outputs for the
     samples (`balora.prefix`; for models whose rows are independent in eval mode), which pays
-    off when the adapters sit in the later layers.
+    off when the adapters sit in the later layers. A model without adapters gets a warning
+    (``warn_without_adapter=False`` silences it, e.g. for a full fine-tuning baseline).
     """
     if task not in ("classification", "regression"):
         raise ValueError(f"task must be 'classification' or 'regression', got {task!r}")
@@ -217,6 +220,15 @@ def predict(
     if gaussian and task != "regression":
         raise ValueError("gaussian=True is for task='regression'")
     b = _batch_size(inputs)
+    if b == 0:
+        raise ValueError("inputs hold no examples (a batch of size 0)")
+    if num_samples > 0 and not has_adapter(model) and warn_without_adapter:
+        warnings.warn(
+            "the model has no BaLoRA adapters: its posterior samples are all the same unless "
+            "it is stochastic in eval mode, so the epistemic uncertainty will be 0 (call "
+            "balora.apply and train it, or pass num_samples=0)",
+            stacklevel=3,
+        )
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:

@@ -42,6 +42,9 @@ class AdapterMethod(Method):
         """Put the adapters on `model` (layer variants override this)."""
         return apply(model, config)
 
+    def effective_adapter(self) -> BaLoRAConfig:
+        return self.adapter_config()
+
     @property
     def heads(self) -> tuple[str, ...]:
         return tuple(self.adapter.modules_to_save)
@@ -101,10 +104,17 @@ class LoRA(AdapterMethod):
 
 
 class MCDropout(AdapterMethod):
+    """LoRA with dropout on the adapters' input, kept on when sampling. The rate is `dropout`,
+    else the adapter config's ``lora_dropout`` when it is set, else 0.1."""
+
     name = "mc_dropout"
 
-    def __init__(self, *args: Any, dropout: float = 0.1, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, dropout: float | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        if dropout is None:
+            dropout = self.adapter.lora_dropout if self.adapter.lora_dropout > 0 else 0.1
+        if not 0.0 < dropout < 1.0:
+            raise ValueError(f"mc_dropout: dropout must be in (0, 1), got {dropout!r}")
         self.dropout = dropout
 
     def adapter_config(self) -> BaLoRAConfig:

@@ -227,7 +227,12 @@ class Method:
             seed=seed,
             gaussian=self.gaussian,
             cache_prefix=True,
+            warn_without_adapter=False,
         )
+
+    def effective_adapter(self) -> BaLoRAConfig:
+        """The adapter options this method trains with (what a run records)."""
+        return self.adapter
 
     def trainable_parameters(self) -> int:
         if self.model is None:

@@ -28,6 +28,7 @@ from typing import Any, ClassVar, Protocol
 from balora.dataset import Data, ModelFactory, TaskKind
 from balora.errors import UserError
 from balora.predict import Prediction
+from balora.tasks.files import read_text
 
 
 @dataclass
@@ -171,7 +172,7 @@ def inputs_from(items: Sequence[str], file: Path | None, what: str) -> list[str]
     `UserError` that asks for `what` when there are none."""
     found = list(items)
     if file is not None:
-        found += [line.strip() for line in file.read_text().splitlines() if line.strip()]
+        found += [line.strip() for line in read_text(file).splitlines() if line.strip()]
     if not found:
         raise UserError(f"give {what}")
     return found

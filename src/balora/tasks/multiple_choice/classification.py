@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from balora.tasks.files import TABLE_EXTENSIONS, file_format, read_records
+from balora.tasks.files import TABLE_EXTENSIONS, file_format, read_records, read_text
 from balora.tasks.multiple_choice.data import MultipleChoiceExample
 from balora.tasks.text.data import (
     TextClassificationData,
@@ -96,7 +96,7 @@ def read_texts(
     except ValueError:
         table = False
     if not table:
-        lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        lines = [line.strip() for line in read_text(path).splitlines() if line.strip()]
         return lines, [0] * len(lines)
     if label_column is None:
         rows = read_records(path)

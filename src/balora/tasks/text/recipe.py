@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from balora.dataset import Data
+from balora.errors import UserError
 from balora.splits import random_subset
 from balora.tasks.recipe import (
     ClassificationRecipe,
@@ -111,6 +112,19 @@ def load_text_data(cfg: TextTaskConfig) -> TextClassificationData:
     return load_text_file(cfg.data, cfg.text_column, cfg.label_column, seed=cfg.split_seed)
 
 
+def _check_splits(cfg: TextTaskConfig, data: TextClassificationData) -> None:
+    """Every split holds examples (checked before the backbone loads)."""
+    for name in ("train", "validation", "test"):
+        if len(getattr(data, name)) == 0:
+            sizes = ", ".join(
+                f"{n} {len(getattr(data, n))}" for n in ("train", "validation", "test")
+            )
+            raise UserError(
+                f"{cfg.data} is too small: its {name} split is empty ({sizes} rows after the "
+                "80/10/10 split); give more rows"
+            )
+
+
 def load_text_backbone(
     cfg: TextTaskConfig, label_names: list[str]
 ) -> tuple[nn.Module, Any, tuple[str, ...], tuple[str, ...]]:
@@ -118,6 +132,12 @@ def load_text_backbone(
     model, tokenizer = load_sequence_classifier(
         cfg.model, num_labels=len(label_names), label_names=label_names
     )
+    positions = getattr(model.config, "max_position_embeddings", None)
+    if positions is not None and cfg.max_length > positions:
+        raise UserError(
+            f"--max-length {cfg.max_length} exceeds what the model reads ({positions} "
+            "positions): choose a smaller --max-length"
+        )
     return model, tokenizer, default_targets(model), head_of(model)
 
 
@@ -125,6 +145,7 @@ def load_text_task(cfg: TextTaskConfig, label_names: list[str] | None = None) ->
     """Load data and backbone; tokenise every split once. With `label_names` (a trained
     run's), the data must carry the same labels."""
     data = load_text_data(cfg)
+    _check_splits(cfg, data)
     if label_names is not None and list(label_names) != list(data.label_names):
         raise ValueError(
             f"the data's labels {data.label_names} differ from the run's labels {label_names}"
@@ -193,6 +214,9 @@ class TextRecipe(ClassificationRecipe):
     def evaluation_data(
         self, cfg: TextTaskConfig, run: dict[str, Any], trained: TrainedTask, read: Any
     ) -> tuple[Data, Data | None, dict[str, str]]:
-        rows = read if read is not None else load_text_data(cfg).test
+        if read is None:  # the run's own test split, the same subset as at training time
+            test = load_text_data(cfg).test
+            read = test.subset(random_subset(len(test), cfg.max_eval, cfg.split_seed + 2))
+        rows = read
         inputs = encode_texts(trained.encoder, rows.texts, cfg.max_length)
         return Data(inputs, torch.tensor(rows.labels, dtype=torch.long)), None, {}

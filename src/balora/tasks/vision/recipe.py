@@ -235,6 +235,9 @@ class VisionRecipe(ClassificationRecipe):
     ) -> tuple[Data, Data | None, dict[str, str]]:
         if read is not None:
             return read, None, {}
+        # the run's own test split and OOD set, the same subsets as at training time
         ood = load_ood(cfg)
-        test = to_data(load_vision_data(cfg).test)
-        return test, None if ood is None else to_data(ood), {}
+        test = to_data(subset(load_vision_data(cfg).test, cfg.max_eval, cfg.split_seed + 2))
+        if ood is not None:
+            ood = to_data(subset(ood, cfg.max_eval, cfg.split_seed + 3))
+        return test, ood, {}
