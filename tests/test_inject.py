@@ -217,5 +217,5 @@ def test_a_rank_above_the_layer_width_is_refused_before_any_memory_is_taken():
 
 
 def test_a_bad_regular_expression_names_the_field():
-    with pytest.raises(ValueError, match="target_modules .* is not a valid regular expression"):
+    with pytest.raises(ValueError, match=r"target_modules .* is not a valid regular expression"):
         balora.BaLoRAConfig(target_modules="(query")

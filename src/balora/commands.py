@@ -125,25 +125,6 @@ def train(args: argparse.Namespace) -> int:
     out: Path = args.output
     had_run = check_output(out, overwrite=getattr(args, "overwrite", False))
     task = recipe.load(cfg, progress=train_cfg.progress)
-    start_run(out)
-    try:
-        return _train(args, recipe, cfg, train_cfg, task, device, out, had_run)
-    except BaseException:
-        if had_run and (out / RUN_FILE).is_file():
-            finish_run(out)  # the earlier run is untouched: it stays usable
-        raise
-
-
-def _train(
-    args: argparse.Namespace,
-    recipe: Recipe,
-    cfg: Any,
-    train_cfg: TrainConfig,
-    task: LoadedTask,
-    device: torch.device,
-    out: Path,
-    had_run: bool,
-) -> int:
     _report_skipped("train", task.skipped)
     adapter = adapter_config(args, task.target_modules, task.modules_to_save)
     method = make_method(
@@ -155,6 +136,28 @@ def _train(
         train=train_cfg,
         seed=args.seed,
     )
+    method.check_model(task.model_factory())  # targets, layer types, ranks: before training
+    start_run(out)
+    try:
+        return _fit_and_save(args, recipe, cfg, train_cfg, task, method, device, out, had_run)
+    except BaseException:
+        if had_run and (out / RUN_FILE).is_file():
+            finish_run(out)  # the earlier run is untouched: it stays usable
+        raise
+
+
+def _fit_and_save(
+    args: argparse.Namespace,
+    recipe: Recipe,
+    cfg: Any,
+    train_cfg: TrainConfig,
+    task: LoadedTask,
+    method: Method,
+    device: torch.device,
+    out: Path,
+    had_run: bool,
+) -> int:
+    """Train, evaluate on the validation split, save the weights and run.json, unmark."""
     val = task.val.to(device)
     print(
         f"training {args.method} on {len(task.train)} {recipe.unit} "
@@ -180,6 +183,7 @@ def _train(
             skipped=task.skipped,
             history=report.history,
             best_epoch=report.best_epoch,
+            best_step=report.best_step,
             train_seconds=report.train_seconds,
             trainable_parameters=method.trainable_parameters(),
             validation=val_metrics,

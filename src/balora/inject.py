@@ -25,7 +25,7 @@ from torch.utils.hooks import RemovableHandle
 
 from balora.alpha import BackboneAlphaNetwork, FeatureFn, default_features, infer_feature_dim
 from balora.config import BaLoRAConfig
-from balora.layers import AdapterState, BaLoRALayer, wrap
+from balora.layers import AdapterState, BaLoRALayer, check_rank, wrap, wrapper_class
 
 ALPHA_NET_NAME = "balora_alpha_net"
 ADAPTER_KEY = "_balora"
@@ -109,25 +109,37 @@ def apply(
     return apply_with(model, config, feature_fn=feature_fn, wrap_fn=wrap)
 
 
-def apply_with(
-    model: nn.Module, config: BaLoRAConfig, *, feature_fn: FeatureFn | None, wrap_fn: WrapFn
-) -> nn.Module:
-    """`apply` with the wrapper factory as a parameter (used by layer variants such as the
-    BLoB baseline, `balora.methods.blob`)."""
+def check_targets(model: nn.Module, config: BaLoRAConfig) -> list[str]:
+    """The names of the modules `config` adapts in `model`, after every check `apply` makes
+    (matches, supported types, ranks, no overlap with `modules_to_save`), without changing or
+    allocating anything: a configuration can be checked before training starts."""
     if not isinstance(config, BaLoRAConfig):
         raise TypeError(f"config must be a BaLoRAConfig, got {type(config).__name__}")
     if has_adapter(model):
         raise ValueError("the model already has BaLoRA adapters; call balora.unload(model) first")
-    names = [n for n, _ in model.named_modules() if n and matches(n, config.target_modules)]
+    modules = dict(model.named_modules())
+    names = [n for n in modules if n and matches(n, config.target_modules)]
     if not names:
         raise _no_match_error("target_modules", config.target_modules, model)
-    to_save = [n for n, _ in model.named_modules() if n and matches(n, config.modules_to_save)]
+    to_save = [n for n in modules if n and matches(n, config.modules_to_save)]
     missing = [p for p in config.modules_to_save if not any(matches(n, (p,)) for n in to_save)]
     if missing:
         raise _no_match_error("modules_to_save", missing, model)
     overlap = sorted(set(names) & set(to_save))
     if overlap:
         raise ValueError(f"modules {overlap} are both targets and modules_to_save")
+    for name in names:
+        check_rank(modules[name], name, config.r, wrapper_class(modules[name], name))
+    return names
+
+
+def apply_with(
+    model: nn.Module, config: BaLoRAConfig, *, feature_fn: FeatureFn | None, wrap_fn: WrapFn
+) -> nn.Module:
+    """`apply` with the wrapper factory as a parameter (used by layer variants such as the
+    BLoB baseline, `balora.methods.blob`)."""
+    names = check_targets(model, config)
+    to_save = [n for n, _ in model.named_modules() if n and matches(n, config.modules_to_save)]
 
     state = AdapterState(config)
     modules = dict(model.named_modules())

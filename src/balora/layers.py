@@ -88,12 +88,7 @@ class BaLoRALayer(nn.Module):
         layer_index: int,
     ) -> None:
         super().__init__()
-        width = max(self.in_features, self.out_features)
-        if config.r > width:
-            raise ValueError(
-                f"r={config.r} is larger than {name} itself ({self.in_features} → "
-                f"{self.out_features}): choose r <= {width} (LoRA uses 4 to 64)"
-            )
+        check_rank(base_layer, name, config.r, type(self))
         self.base_layer = base_layer
         self.config = config
         self.state = state
@@ -386,6 +381,21 @@ def _is_gpt2_conv1d(module: nn.Module) -> bool:
 
 
 SUPPORTED_TYPES = "nn.Linear, transformers Conv1D (GPT-2), nn.Conv1d, nn.Conv2d"
+
+
+def check_rank(module: nn.Module, name: str, r: int, cls: type[BaLoRALayer]) -> None:
+    """Refuse a rank above the layer's width (before its A and B take memory)."""
+    if issubclass(cls, ConvNd):
+        d_in, d_out = module.in_channels, module.out_channels
+    elif issubclass(cls, GPT2Conv1D):
+        d_in, d_out = module.weight.shape
+    else:
+        d_in, d_out = module.in_features, module.out_features
+    if r > max(d_in, d_out):
+        raise ValueError(
+            f"r={r} is larger than {name} itself ({d_in} → {d_out}): choose r <= "
+            f"{max(d_in, d_out)} (LoRA uses 4 to 64)"
+        )
 
 
 class UnsupportedLayerError(TypeError):

@@ -20,7 +20,7 @@ from torch import nn
 
 from balora.config import BaLoRAConfig
 from balora.dataset import Data, Inputs
-from balora.inject import apply
+from balora.inject import apply, check_targets
 from balora.io import load_state, save, write_atomic
 from balora.methods.base import FitReport, Method, train_model
 from balora.methods.heads import adapted_head, fit_probe, freeze_heads, load_head, save_head
@@ -44,6 +44,12 @@ class AdapterMethod(Method):
 
     def effective_adapter(self) -> BaLoRAConfig:
         return self.adapter_config()
+
+    def check_model(self, model: nn.Module) -> None:
+        config = self.adapter_config()
+        if self.head_mode == "adapted":
+            config = adapted_head(config, model)
+        check_targets(model, config)
 
     @property
     def heads(self) -> tuple[str, ...]:

@@ -234,6 +234,10 @@ class Method:
         """The adapter options this method trains with (what a run records)."""
         return self.adapter
 
+    def check_model(self, model: nn.Module) -> None:
+        """Raise what `build` would raise on `model` (a fresh base model), without training:
+        bad targets, unsupported layers, a rank too large. (Nothing to check by default.)"""
+
     def trainable_parameters(self) -> int:
         if self.model is None:
             raise RuntimeError(f"{self.name}: call fit() first")
