@@ -367,3 +367,9 @@ def test_cli_vision_train_evaluate_predict(tmp_path, tiny_vit, capsys):
     assert {r["label"] for r in rows} <= {"cat", "dog"}
     assert all(0 <= r["probability"] <= 1 and r["epistemic"] >= 0 for r in rows)
     assert main(["predict", str(run), str(data / "dog" / "broken.png")]) == 2
+
+
+def test_too_few_images_are_named_before_the_backbone_loads(tmp_path):
+    data = make_folder(tmp_path / "few", per_class=2)
+    with pytest.raises(ValueError, match="too small: its (validation|test) split is empty"):
+        load_vision_task(VisionTaskConfig(data=str(data), model="no-such-model"))

@@ -5,5 +5,5 @@ and exits with code 2, never a traceback.
 """
 
 
-class UserError(Exception):
+class UserError(ValueError):
     """An error in the user's input: printed as one line, exit code 2."""

@@ -162,6 +162,12 @@ def load_vision_task(cfg: VisionTaskConfig, label_names: list[str] | None = None
         raise ValueError(
             f"the data's labels {data.label_names} differ from the run's labels {label_names}"
         )
+    for name in ("train", "validation", "test"):
+        if len(getattr(data, name)) == 0:
+            sizes = ", ".join(
+                f"{n} {len(getattr(data, n))}" for n in ("train", "validation", "test")
+            )
+            raise UserError(f"{cfg.data} is too small: its {name} split is empty ({sizes} images)")
     ood = load_ood(cfg)
     model, targets, heads = _backbone(cfg, list(data.label_names))
     return VisionTask(
