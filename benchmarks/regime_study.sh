@@ -8,8 +8,9 @@
 #   bash benchmarks/regime_study.sh vision [OUT]   # EfficientNet-Lite0, 1,000 Fashion-MNIST images
 #   bash benchmarks/regime_study.sh mof    [OUT]   # CGCNN, the 673 training MOFs
 #
-# OUT defaults to runs/regime; each task writes OUT/<task>/ and its logs. Two single-thread
-# lanes run side by side (2 cores). Seeds run one after another (seed-major), so an
+# OUT defaults to runs/regime; each task writes OUT/<task>/ and its logs. The deep ensemble has
+# M = 3 members on text, the LLM and images (CPU time), M = 5 on MOFs (as the MOF study).
+# Two single-thread lanes run side by side (2 cores). Seeds run one after another (seed-major), so an
 # interrupted study holds whole seeds. BaLoRA's options (the "lever") are chosen on the
 # validation split only: `--evaluate-on validation` screens, then benchmarks/regime_select.py.
 set -euo pipefail
@@ -63,22 +64,23 @@ case $task in
 text)
   common=(--task text --max-train "$(quick 640 32)" --max-eval "$(quick 400 16)"
           --max-length 48 --batch-size 8 --epochs 100 --max-steps "$(quick 1500 4)"
-          --checkpoint last --lr 1e-3 --members "$(quick 5 2)")
-  (  # lane 1: the lever screen, then BaLoRA with the chosen lever, both heads
+          --checkpoint last --lr 1e-3 --members "$(quick 3 2)")
+  (  # lane 1: the lever screen, BaLoRA with the chosen lever, the ensemble, then head 'new'
     lever=$(screen "$out/screen" "${common[@]}" --head adapted | tail -1)
     echo "chosen lever: $lever"
     # shellcheck disable=SC2086
     compare "$out/adapted/balora" "${SEEDS[@]}" -- "${common[@]}" --head adapted \
       --methods balora balora_constant "${GRID[@]}" $lever
+    compare "$out/adapted/ensemble" "${SEEDS[@]}" -- "${common[@]}" --head adapted \
+      --methods ensemble
     # shellcheck disable=SC2086
     compare "$out/new/balora" "${SEEDS[@]}" -- "${common[@]}" --head new \
       --methods balora balora_constant "${GRID[@]}" $lever
   ) > "$out/lane1.log" 2>&1 &
   (  # lane 2: the baselines with the library's adapter defaults, full fine-tuning at its lr
     compare "$out/adapted/baselines" "${SEEDS[@]}" -- "${common[@]}" --head adapted \
-      --methods "${BASELINES[@]}" "${BASE_GRID[@]}"
-    compare "$out/full_ft" "${SEEDS[@]}" -- "${common[@]}" --methods full_ft --lr 5e-5 \
-      "${BASE_GRID[@]}"
+      --methods lora lora_ts mc_dropout blob laplace "${BASE_GRID[@]}"
+    compare "$out/full_ft" "${SEEDS[@]}" -- "${common[@]}" --methods full_ft --lr 5e-5
     compare "$out/new/baselines" "${SEEDS[@]}" -- "${common[@]}" --head new \
       --methods lora lora_ts mc_dropout "${BASE_GRID[@]}"
   ) > "$out/lane2.log" 2>&1 &
@@ -88,7 +90,7 @@ llm)
   # the paper's commonsense protocol on offline data: no new head, letters scored, one seed
   common=(--task multiple-choice --dataset rotten_tomatoes --max-train "$(quick 640 16)"
           --max-eval "$(quick 200 8)" --max-length 96 --batch-size 4 --epochs 100
-          --max-steps "$(quick 1000 4)" --checkpoint last --lr 1e-4 --members "$(quick 5 2)")
+          --max-steps "$(quick 1000 4)" --checkpoint last --lr 1e-4 --members "$(quick 3 2)")
   export SCREEN_ARMS="p0.1-layer p0.5-layer p0.5-element"
   (
     lever=$(screen "$out/screen" "${common[@]}" | tail -1)
@@ -107,7 +109,7 @@ llm)
 vision)
   common=(--task vision --max-train "$(quick 1000 32)" --max-eval "$(quick 1000 16)"
           --batch-size 16 --epochs 100 --max-steps "$(quick 1000 4)" --checkpoint last
-          --lr 1e-3 --members "$(quick 5 2)")
+          --lr 1e-3 --members "$(quick 3 2)")
   export SCREEN_ARMS="p0.1-layer p0.5-layer p0.5-element"
   (
     lever=$(screen "$out/screen" "${common[@]}" --head adapted | tail -1)
