@@ -11,7 +11,7 @@ from balora import BaLoRAConfig, noise_diagnostics
 from balora.dataset import Data
 from balora.inject import get_adapter
 from balora.layers import BaLoRALayer
-from balora.methods import TrainConfig, make_method
+from balora.methods import Resume, TrainConfig, make_method
 from tests.conftest import MLP
 
 ADAPTER = BaLoRAConfig(r=2, target_modules=["fc1", "fc2"], modules_to_save=["head"])
@@ -176,3 +176,49 @@ def test_noise_diagnostics_match_a_monte_carlo_estimate():
     assert fc1.update_norm == pytest.approx(float(update.norm(dim=-1).mean()), rel=1e-9)
     assert diag.output_std > 0
     assert diag.nll_gap == pytest.approx(diag.nll_mean - diag.nll_sampled)
+
+
+@pytest.mark.parametrize("name", ["balora", "mc_dropout", "ensemble"])
+def test_an_interrupted_training_resumes_to_the_same_weights(name, tmp_path, monkeypatch):
+    from balora.methods import training
+
+    budget = {"epochs": 3, "batch_size": 8, "lr": 2e-2, "progress": False, "eval_every": 5}
+    options = {"members": 2} if name == "ensemble" else {}
+
+    def build():
+        cfg = TrainConfig(**budget)
+        return make_method(name, _pretrained, adapter=ADAPTER, train=cfg, seed=1, **options)
+
+    whole = build()
+    whole_report = whole.fit(_data(), _data(seed=1))
+    state = Resume(tmp_path / "state.pt", every=4)
+    original = training._Loop.optimise
+    calls = {"n": 0}
+
+    def crash_at_step_ten(self, batch):
+        calls["n"] += 1
+        if calls["n"] == 10:
+            raise KeyboardInterrupt
+        return original(self, batch)
+
+    monkeypatch.setattr(training._Loop, "optimise", crash_at_step_ten)
+    with pytest.raises(KeyboardInterrupt):
+        build().fit(_data(), _data(seed=1), resume=state)
+    monkeypatch.undo()
+    assert list(tmp_path.iterdir())  # a state was left behind
+    resumed = build()
+    report = resumed.fit(_data(), _data(seed=1), resume=state)
+    x = _data(seed=2).inputs
+    torch.testing.assert_close(resumed.model(x), whole.model(x), rtol=0, atol=0)
+    assert [r["val_nll"] for r in report.history] == [r["val_nll"] for r in whole_report.history]
+    assert not list(tmp_path.iterdir())  # removed once training has finished
+
+
+def test_a_foreign_training_state_is_refused(tmp_path):
+    state = tmp_path / "state.pt"
+    state.write_bytes(b"not a state")
+    method = make_method("lora", _pretrained, adapter=ADAPTER, train=TrainConfig(progress=False))
+    with pytest.raises(ValueError, match="cannot resume"):
+        method.fit(_data(), resume=Resume(state, every=2))
+    with pytest.raises(ValueError, match="every must be a positive integer"):
+        Resume(state, every=0)

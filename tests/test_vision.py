@@ -371,5 +371,5 @@ def test_cli_vision_train_evaluate_predict(tmp_path, tiny_vit, capsys):
 
 def test_too_few_images_are_named_before_the_backbone_loads(tmp_path):
     data = make_folder(tmp_path / "few", per_class=2)
-    with pytest.raises(ValueError, match="too small: its (validation|test) split is empty"):
+    with pytest.raises(ValueError, match=r"too small: its (validation|test) split is empty"):
         load_vision_task(VisionTaskConfig(data=str(data), model="no-such-model"))

@@ -51,6 +51,15 @@ def _common_training_options(parser: argparse.ArgumentParser, *, methods: bool, 
         exclude=("alpha_feature_dim",),
     )
     add_dataclass_arguments(parser, TrainConfig, title="training budget")
+    parser.add_argument(
+        "--save-every",
+        type=int,
+        default=None,
+        metavar="STEPS",
+        help="write a resumable training state every STEPS steps (train: in the run folder; "
+        "compare: under OUTPUT/states/), so that rerunning an interrupted command continues "
+        "where it stopped (default: off)",
+    )
     if methods:
         parser.add_argument(
             "--method", default="balora", choices=sorted(METHODS), help="method to train"

@@ -31,7 +31,7 @@ from balora.experiments import compare as run_comparison
 from balora.experiments.evaluate import classification_evaluation, regression_evaluation
 from balora.experiments.plots import plot_evaluation
 from balora.io import write_json
-from balora.methods import Method, TrainConfig, make_method
+from balora.methods import Method, Resume, TrainConfig, make_method
 from balora.predict import Prediction, predict_batched
 from balora.runs import (
     RUN_FILE,
@@ -49,6 +49,7 @@ DEMO_METHODS = ("lora", "mc_dropout", "balora")
 EVAL_BATCH = 128
 """Examples per prediction call of train / evaluate / predict, unless the recipe sets one."""
 EVALUATIONS = {"classification": classification_evaluation, "regression": regression_evaluation}
+TRAINING_STATE = "training-state.pt"
 
 
 def _device(args: argparse.Namespace) -> torch.device:
@@ -163,7 +164,10 @@ def _fit_and_save(
         f"training {args.method} on {len(task.train)} {recipe.unit} "
         f"({len(task.val)} validation, {device}), {task.description}"
     )
-    report = method.fit(task.train.to(device), val)
+    # with --save-every, an interrupted training continues from this state when rerun
+    every = getattr(args, "save_every", None)
+    resume = None if every is None else Resume(out / TRAINING_STATE, every)
+    report = method.fit(task.train.to(device), val, resume=resume)
     s = 16 if method.stochastic else 0
     pred = predict_batched(method, val, s, seed=0, batch_size=_batch_size(recipe, cfg))
     val_metrics, _ = EVALUATIONS[recipe.kind](pred, val.targets)
@@ -357,6 +361,7 @@ def compare(args: argparse.Namespace) -> int:
         ood=ood,
         output_dir=args.output,
         resume=not args.no_resume,
+        save_every=getattr(args, "save_every", None),
         **({} if batch_size is None else {"eval_batch_size": batch_size}),
     )
     print(results.markdown())

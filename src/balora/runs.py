@@ -6,6 +6,9 @@
       member-<m>/           ensemble: one adapter per member
       model.safetensors     full_ft: the whole model's weights
       laplace.*             laplace: the posterior (tensors + JSON)
+      temperature.json      lora_ts: the fitted temperature
+      training-state.pt     while training with --save-every: the resumable state
+      INCOMPLETE            while training (removed when run.json is written)
       eval/                 `balora evaluate`'s metrics and plot
 
 The weights are each method's own (`balora.methods.Method.save` / ``load``). Every file is

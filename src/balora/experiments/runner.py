@@ -67,11 +67,12 @@ from balora.experiments.results import (
 )
 from balora.inject import get_adapter, has_adapter, last_alpha
 from balora.io import write_json
-from balora.methods import METHODS, Method, TrainConfig, make_method
+from balora.methods import METHODS, Method, Resume, TrainConfig, make_method
 from balora.predict import Prediction, predict_batched, stream_seed
 
 DEFAULT_NUM_SAMPLES: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
 RUNS_DIR = "runs"
+STATES_DIR = "states"  # resumable training states of unfinished runs (TrainConfig.save_every)
 ARRAYS_DIR = "arrays"
 PLOT_FILES = (
     "reliability.png",
@@ -296,6 +297,7 @@ class _Context:
     output_dir: Path
     progress: bool
     diagnostics: int
+    save_every: int | None
 
 
 def _slug(label: str) -> str:
@@ -326,7 +328,12 @@ def _run_one(ctx: _Context, spec: MethodSpec, seed: int) -> tuple[MethodRun, dic
     meter = PeakMemoryMeter(ctx.device)
     meter.start()
     with Stopwatch(ctx.device) as fit_time:
-        report = method.fit(ctx.train, ctx.val)  # the only look at data: train and val
+        # the only look at data: train and val; with `save_every`, resumable mid-run
+        resume = None
+        if ctx.save_every is not None:
+            stem = _run_path(ctx.output_dir, spec, seed).stem
+            resume = Resume(ctx.output_dir / STATES_DIR / f"{stem}.pt", ctx.save_every)
+        report = method.fit(ctx.train, ctx.val, resume=resume)
     train_bytes = meter.stop()
 
     # The method is fixed from here on; the test (and OOD) data are used for evaluation only.
@@ -449,6 +456,7 @@ def compare(
     eval_batch_size: int = 256,
     plots: bool = True,
     diagnostics: int = 256,
+    save_every: int | None = None,
 ) -> Results:
     """Train and evaluate every method with every seed under one budget; write the results.
 
@@ -475,6 +483,8 @@ def compare(
         diagnostics: test examples on which each run's `balora.noise_diagnostics` is recorded
             (0: none); the training history records them on validation data per
             ``train_config.diagnostics``.
+        save_every: write each unfinished run's training state every this many steps under
+            ``output_dir/states/``, so that an interrupted comparison resumes mid-run too.
 
     Returns:
         The `Results`, also written to ``output_dir/results.json``.
@@ -536,6 +546,7 @@ def compare(
         output_dir=out,
         progress=progress,
         diagnostics=diagnostics,
+        save_every=save_every,
     )
     for spec in specs:  # fail on bad options or unsupported combinations before any training
         _make(ctx, spec, seed_list[0])

@@ -11,8 +11,9 @@ from typing import Any
 
 from balora.dataset import ModelFactory, TaskKind
 from balora.methods.adapters import BaLoRA, BaLoRAConstant, Ensemble, FullFineTune, LoRA, MCDropout
-from balora.methods.base import FitReport, Method, TrainConfig
+from balora.methods.base import Method
 from balora.methods.blob import BLoB
+from balora.methods.budget import FitReport, Resume, TrainConfig
 from balora.methods.laplace import Laplace
 from balora.methods.temperature import TemperatureScaledLoRA
 
@@ -41,4 +42,4 @@ def make_method(
     return METHODS[name](model_factory, task, **kwargs)
 
 
-__all__ = ["METHODS", "FitReport", "Method", "TrainConfig", "make_method"]
+__all__ = ["METHODS", "FitReport", "Method", "Resume", "TrainConfig", "make_method"]

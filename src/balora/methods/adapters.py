@@ -11,6 +11,7 @@ ensemble         M `lora` members with different seeds; the prediction averages 
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Self
 
@@ -22,7 +23,8 @@ from balora.config import BaLoRAConfig
 from balora.dataset import Data, Inputs
 from balora.inject import apply, check_targets
 from balora.io import load_state, save, write_atomic
-from balora.methods.base import FitReport, Method, train_model
+from balora.methods.base import Method
+from balora.methods.budget import FitReport, Resume
 from balora.methods.heads import adapted_head, fit_probe, freeze_heads, load_head, save_head
 from balora.predict import Prediction, model_output, summarize
 
@@ -174,6 +176,10 @@ class FullFineTune(Method):
         return self
 
 
+def _member_path(path: Path, m: int) -> Path:
+    return path.with_name(f"{path.stem}.member{m}{path.suffix}")
+
+
 class Ensemble(Method):
     """M LoRA members trained with seeds ``seed * 1000 + m``; members are averaged."""
 
@@ -196,8 +202,28 @@ class Ensemble(Method):
             for m in range(members)
         ]
 
-    def fit(self, train: Data, val: Data | None = None) -> FitReport:
-        reports = [member.fit(train, val) for member in self.members]
+    def fit(
+        self,
+        train: Data,
+        val: Data | None = None,
+        *,
+        resume: Resume | None = None,
+    ) -> FitReport:
+        """Train the members one after another; with `resume`, each member's state (finished
+        ones too) is kept beside its path until the last member is done."""
+        states = [
+            None
+            if resume is None
+            else replace(resume, path=_member_path(resume.path, m), keep=True)
+            for m in range(len(self.members))
+        ]
+        reports = [
+            member.fit(train, val, resume=state)
+            for member, state in zip(self.members, states, strict=True)
+        ]
+        if resume is not None and not resume.keep:
+            for state in states:
+                state.path.unlink(missing_ok=True)
         self.model = self.members[0].model
         return FitReport(
             history=[r for rep in reports for r in rep.history],
@@ -242,5 +268,4 @@ __all__ = [
     "FullFineTune",
     "LoRA",
     "MCDropout",
-    "train_model",
 ]

@@ -30,7 +30,8 @@ from balora.dataset import Data
 from balora.inject import matches
 from balora.io import write_atomic
 from balora.layers import wrapper_class
-from balora.methods.base import Method, train_model
+from balora.methods.base import Method
+from balora.methods.training import train_model
 
 HEAD_FILE = "head.safetensors"
 
