@@ -269,3 +269,22 @@ def test_full_demo(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| balora | 8 |" in out
     assert (tmp_path / "results.json").is_file()
+
+
+def test_compare_on_validation_and_a_resumable_train(tiny_model_dir, csv_file, tmp_path):
+    from balora.experiments import Results
+
+    common = _common(tiny_model_dir, csv_file)
+    out = tmp_path / "screen"
+    argv = ["compare", "-o", str(out), "--methods", "lora", "--evaluate-on", "validation"]
+    assert main([*argv, "--num-samples", "2", *common, "--save-every", "2"]) == 0
+    results = Results.load(out)
+    val = results.config["data"]["val"]
+    assert results.config["data"]["test"] == val  # evaluated on the validation split
+    assert not (out / "states").exists() or not any((out / "states").iterdir())
+    run = tmp_path / "run"
+    assert (
+        main(["train", "-o", str(run), *common, "--save-every", "1", "--checkpoint", "last"]) == 0
+    )
+    assert not (run / "training-state.pt").exists()  # removed once training finished
+    assert json.loads((run / "run.json").read_text())["train"]["checkpoint"] == "last"
