@@ -52,7 +52,7 @@ from balora.dataset import Data, Inputs
 from balora.inject import get_adapter
 from balora.io import write_files
 from balora.methods.adapters import LoRA
-from balora.methods.budget import FitReport, Resume
+from balora.methods.budget import FitReport
 from balora.predict import Prediction, model_output, summarize
 
 SUBSETS = ("all", "last_layer")
@@ -170,17 +170,11 @@ class Laplace(LoRA):
         self.laplace: Any = None
         self._dict_key_x: str | None = None
 
-    def fit(
-        self,
-        train: Data,
-        val: Data | None = None,
-        *,
-        resume: Resume | None = None,
-    ) -> FitReport:
+    def fit(self, train: Data, val: Data | None = None, **options: Any) -> FitReport:
         """Fit LoRA (the shared loop), then the Laplace approximation on `train`; the
         reported `train_seconds` include the Laplace fit."""
         laplace = _import_laplace()  # fail before training, not after
-        report = super().fit(train, val, resume=resume)
+        report = super().fit(train, val, **options)
         start = time.perf_counter()
         self.laplace = self._fit_laplace(laplace, train)
         report.train_seconds += time.perf_counter() - start

@@ -22,7 +22,7 @@ import torch
 from balora.dataset import Data, Inputs
 from balora.io import write_json
 from balora.methods.adapters import LoRA
-from balora.methods.budget import FitReport, Resume
+from balora.methods.budget import FitReport
 from balora.predict import Prediction, model_output, summarize
 
 TEMPERATURE_FILE = "temperature.json"
@@ -62,16 +62,10 @@ class TemperatureScaledLoRA(LoRA):
             )
         self.temperature: float | None = None
 
-    def fit(
-        self,
-        train: Data,
-        val: Data | None = None,
-        *,
-        resume: Resume | None = None,
-    ) -> FitReport:
+    def fit(self, train: Data, val: Data | None = None, **options: Any) -> FitReport:
         if val is None:
             raise ValueError("lora_ts fits its temperature on validation data: give val")
-        report = super().fit(train, val, resume=resume)
+        report = super().fit(train, val, **options)
         self.temperature = fit_temperature(self._logits(val), val.targets)
         report.history[-1]["temperature"] = self.temperature
         return report
