@@ -41,7 +41,7 @@ from matplotlib.figure import Figure
 from balora.config import BaLoRAConfig
 from balora.experiments import compare
 from balora.experiments.results import MethodRun, Results
-from balora.experiments.runner import MethodSpec
+from balora.experiments.specs import MethodSpec
 from balora.methods import TrainConfig
 from balora.tasks.text import TextTaskConfig, load_text_task
 

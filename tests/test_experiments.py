@@ -26,7 +26,7 @@ from balora.experiments import (
 from balora.experiments import runner as runner_module
 from balora.experiments.evaluate import classification_evaluation, regression_evaluation
 from balora.experiments.measure import PeakMemoryMeter
-from balora.experiments.runner import resolve_methods
+from balora.experiments.specs import resolve_methods
 from balora.io import finite_or_none, write_json
 from balora.methods import METHODS, TrainConfig
 from balora.predict import Prediction

@@ -20,7 +20,8 @@ from balora.experiments.results import (
     PeakMemory,
     Results,
 )
-from balora.experiments.runner import MethodSpec, StaleResultsError, compare
+from balora.experiments.runner import StaleResultsError, compare
+from balora.experiments.specs import MethodSpec
 
 __all__ = [
     "AlphaSummary",
