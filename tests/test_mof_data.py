@@ -21,6 +21,7 @@ pytest.importorskip("pymatgen")
 from pymatgen.core import Lattice, Structure
 
 from balora.tasks.mof import data as mof
+from balora.tasks.mof.qmof import load_qmof
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "label_mof_band_gaps.py"
 HARTREE_TO_EV = 27.211386245988
@@ -484,27 +485,27 @@ def test_load_qmof(tmp_path: Path, layout: str) -> None:
             for q, a in STRUCTURES.items()
         ]
         (tmp_path / "qmof_structure_data.json").write_text(json.dumps(data))
-    data = mof.load_qmof(tmp_path)
+    data = load_qmof(tmp_path)
     assert data.names == ["qmof-0a1b2c3", "qmof-4d5e6f7"]  # the row without a gap is skipped
     np.testing.assert_allclose(data.gaps_ev, [5.1, 7.25])
     assert data.n_atoms.tolist() == [3, 2]
     assert data.method == "PBE (QMOF)"
     assert [s.composition.reduced_formula for s in data.structures()] == ["H2O", "H2"]
-    assert mof.load_qmof(tmp_path / f"qmof.{table}", max_atoms=2).names == ["qmof-4d5e6f7"]
+    assert load_qmof(tmp_path / f"qmof.{table}", max_atoms=2).names == ["qmof-4d5e6f7"]
 
 
 def test_load_qmof_errors(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"no qmof\.csv or qmof\.json"):
-        mof.load_qmof(tmp_path)
+        load_qmof(tmp_path)
     (tmp_path / "qmof.json").write_text("")
     with pytest.raises(ValueError, match="empty"):
-        mof.load_qmof(tmp_path)
+        load_qmof(tmp_path)
     (tmp_path / "qmof.json").write_text(json.dumps(qmof_records()))
     with pytest.raises(FileNotFoundError, match="relaxed_structures"):
-        mof.load_qmof(tmp_path)
+        load_qmof(tmp_path)
     write_cif(tmp_path / "relaxed_structures", "qmof-0a1b2c3", molecule_in_box(WATER))
     with pytest.raises(FileNotFoundError, match="qmof-4d5e6f7"):
-        mof.load_qmof(tmp_path)
+        load_qmof(tmp_path)
     (tmp_path / "qmof.json").write_text(json.dumps([{"qmof_id": "x", "bandgap": 1}]))
     with pytest.raises(ValueError, match=r"outputs\.pbe\.bandgap"):
-        mof.load_qmof(tmp_path)
+        load_qmof(tmp_path)

@@ -2,7 +2,7 @@
 Materials-Project band-gap CGCNN with adapters and a Gaussian head (docs/mof.md).
 
     config.py   MOFTaskConfig and the backbones' constants
-    data.py     CIFs, the CoRE MOF archive, label CSVs and QMOF → MofDataset
+    data.py     CIFs, the CoRE MOF archive and label CSVs → MofDataset;  qmof.py  QMOF
     graphs.py   structures → cached CrystalGraphs → padded model inputs
     crystal.py  what the two backbone wrappers share
     chgnet.py   CHGNetRegressor            cgcnn.py  CGCNNRegressor
@@ -18,7 +18,6 @@ from balora.tasks.mof.data import (
     DEFAULT_CORE_MOF_DATASET,
     LABEL_COLUMNS,
     LABEL_DIAGNOSTIC_COLUMNS,
-    QMOF_GAP_COLUMN,
     MofDataset,
     MofEntry,
     core_mof_archive,
@@ -27,7 +26,6 @@ from balora.tasks.mof.data import (
     count_cif_atoms,
     default_labels_path,
     load_band_gap_labels,
-    load_qmof,
     read_cif,
     read_label_rows,
 )
@@ -41,6 +39,7 @@ from balora.tasks.mof.graphs import (
     mof_data,
     structure_key,
 )
+from balora.tasks.mof.qmof import QMOF_GAP_COLUMN, load_qmof
 from balora.tasks.mof.recipe import (
     MOFRecipe,
     MOFTask,

@@ -31,18 +31,14 @@ from balora.tasks.mof.cgcnn import CGCNNRegressor, load_cgcnn
 from balora.tasks.mof.chgnet import load_chgnet
 from balora.tasks.mof.config import MOFTaskConfig
 from balora.tasks.mof.crystal import CrystalRegressor
-from balora.tasks.mof.data import (
-    default_labels_path,
-    load_band_gap_labels,
-    load_qmof,
-    read_cif,
-)
+from balora.tasks.mof.data import default_labels_path, load_band_gap_labels, read_cif
 from balora.tasks.mof.graphs import (
     UnsupportedStructureError,
     collate,
     featurize_many,
     mof_data,
 )
+from balora.tasks.mof.qmof import load_qmof
 from balora.tasks.recipe import (
     Encoded,
     EvaluationSource,
