@@ -87,18 +87,20 @@ text)
   wait
   ;;
 llm)
-  # the paper's commonsense protocol on offline data: no new head, letters scored, one seed
+  # the paper's commonsense protocol on offline data: no new head, letters scored, one seed;
+  # BaLoRA's lever is the text study's (a screen here would cost four more SmolLM2 runs)
   common=(--task multiple-choice --dataset rotten_tomatoes --max-train "$(quick 640 16)"
           --max-eval "$(quick 200 8)" --max-length 96 --batch-size 4 --epochs 100
-          --max-steps "$(quick 1000 4)" --checkpoint last --lr 1e-4 --members "$(quick 3 2)")
-  export SCREEN_ARMS="p0.1-layer p0.5-layer p0.5-element"
+          --max-steps "$(quick 1000 4)" --checkpoint last --lr 1e-4 --members "$(quick 3 2)"
+          --save-every 100)
+  selection=${2:-runs/regime}/text/screen/selection.json
+  lever=$(python -c "import json,sys; print(' '.join(json.load(open(sys.argv[1]))['options']))" \
+    "$selection")
   (
-    lever=$(screen "$out/screen" "${common[@]}" | tail -1)
-    echo "chosen lever: $lever"
     # shellcheck disable=SC2086
     compare "$out/lm/balora" 0 -- "${common[@]}" --methods balora balora_constant \
       "${GRID[@]}" $lever
-    compare "$out/lm/ensemble" 0 -- "${common[@]}" --methods ensemble "${BASE_GRID[@]}"
+    compare "$out/lm/ensemble" 0 -- "${common[@]}" --methods ensemble
   ) > "$out/lane1.log" 2>&1 &
   (
     compare "$out/lm/baselines" 0 -- "${common[@]}" --methods lora lora_ts mc_dropout blob \
@@ -109,7 +111,7 @@ llm)
 vision)
   common=(--task vision --max-train "$(quick 1000 32)" --max-eval "$(quick 1000 16)"
           --batch-size 16 --epochs 100 --max-steps "$(quick 1000 4)" --checkpoint last
-          --lr 1e-3 --members "$(quick 3 2)")
+          --lr 1e-3 --members "$(quick 3 2)" --save-every 200)
   export SCREEN_ARMS="p0.1-layer p0.5-layer p0.5-element"
   (
     lever=$(screen "$out/screen" "${common[@]}" --head adapted | tail -1)
