@@ -90,7 +90,8 @@ def _runs(loaded: list[Results]) -> dict[str, list[MethodRun]]:
     out: dict[str, list[MethodRun]] = {}
     for res in loaded:
         for m in res.methods:
-            out.setdefault(m, []).extend(res.runs_of(m))
+            if res.runs_of(m):  # a method whose runs have not finished has no row yet
+                out.setdefault(m, []).extend(res.runs_of(m))
     return out
 
 
