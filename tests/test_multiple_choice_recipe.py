@@ -508,3 +508,13 @@ def test_classification_file_as_a_question_through_the_cli(model_dirs, tmp_path,
     assert row["text"] == "a fine film"
     with pytest.raises(ValueError, match="classification' reads train_file"):
         MultipleChoiceTaskConfig(dataset="classification")
+
+
+def test_evaluating_a_question_set_needs_labelled_columns(tmp_path):
+    from balora.tasks.multiple_choice.classification import read_texts
+
+    lines = tmp_path / "texts.txt"
+    lines.write_text("great movie\nawful film\n")
+    assert read_texts(lines, "text", None, [])[0] == ["great movie", "awful film"]
+    with pytest.raises(ValueError, match="no columns to read labels from"):
+        read_texts(lines, "text", "label", ["neg", "pos"])

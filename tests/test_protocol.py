@@ -222,3 +222,38 @@ def test_a_foreign_training_state_is_refused(tmp_path):
         method.fit(_data(), resume=Resume(state, every=2))
     with pytest.raises(ValueError, match="every must be a positive integer"):
         Resume(state, every=0)
+
+
+def test_a_state_of_other_options_is_discarded_not_resumed(tmp_path, monkeypatch):
+    from balora.methods import training
+
+    budget = TrainConfig(epochs=2, batch_size=8, progress=False)
+    state = tmp_path / "state.pt"
+    calls = {"n": 0}
+    original = training._Loop.optimise
+
+    def crash(self, batch):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return original(self, batch)
+
+    monkeypatch.setattr(training._Loop, "optimise", crash)
+    with pytest.raises(KeyboardInterrupt):
+        make_method("lora", _pretrained, adapter=ADAPTER, train=budget).fit(
+            _data(), resume=Resume(state, every=2, key="lr=1e-3")
+        )
+    monkeypatch.undo()
+    fresh = make_method("lora", _pretrained, adapter=ADAPTER, train=budget)
+    with pytest.warns(UserWarning, match="another configuration"):
+        report = fresh.fit(_data(), resume=Resume(state, every=2, key="lr=5e-5"))
+    assert report.earlier_seconds == 0.0  # started afresh
+    plain = make_method("lora", _pretrained, adapter=ADAPTER, train=budget)
+    plain.fit(_data())
+    x = _data(seed=2).inputs
+    torch.testing.assert_close(fresh.model(x), plain.model(x), rtol=0, atol=0)
+
+
+def test_the_best_checkpoint_is_never_from_the_warm_up():
+    _, report = _fit(noise_warmup=0.5, eval_every=2, max_steps=12, epochs=2, checkpoint="best")
+    assert report.best_step > 6

@@ -152,6 +152,7 @@ def _touch(path: Path) -> Path:
 def _unfinished(world: dict, tmp: Path) -> Path:
     run = tmp / "half"
     shutil.copytree(world["run"], run)
+    (run / "run.json").unlink()  # a first training, killed before it finished
     (run / "INCOMPLETE").write_text("killed\n")
     return run
 

@@ -53,7 +53,7 @@ def _common_training_options(parser: argparse.ArgumentParser, *, methods: bool, 
     add_dataclass_arguments(parser, TrainConfig, title="training budget")
     parser.add_argument(
         "--save-every",
-        type=int,
+        type=_positive_int,
         default=None,
         metavar="STEPS",
         help="write a resumable training state every STEPS steps (train: in the run folder; "
@@ -213,13 +213,20 @@ USER_ERRORS = (
     ValueError,
     KeyError,
     UnsupportedLayerError,
-    NotImplementedError,
     FloatingPointError,
     ImportError,
     OSError,
 )
-"""What a user's input can cause: one line and exit code 2. Anything else is a bug of ours
-and keeps its traceback (exit code 1). Order matters only for the message (KeyError's)."""
+"""What a user's input can cause: one line and exit code 2 (``BALORA_DEBUG=1`` adds the
+traceback, should one of ours hide behind these types). Anything else is a bug of ours and
+keeps its traceback (exit code 1)."""
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
 
 
 def _message(e: BaseException) -> str:
@@ -252,6 +259,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{command}: interrupted", file=sys.stderr)
         return 130
     except USER_ERRORS as e:
+        if os.environ.get("BALORA_DEBUG"):  # the traceback of what looks like a user error
+            traceback.print_exc()
         print(f"{command}: error: {_message(e)}", file=sys.stderr)
         return 2
     except Exception:

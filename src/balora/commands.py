@@ -29,6 +29,7 @@ from balora.dataset import Data
 from balora.errors import UserError
 from balora.experiments import compare as run_comparison
 from balora.experiments.evaluate import classification_evaluation, regression_evaluation
+from balora.experiments.fingerprint import hash_of
 from balora.experiments.plots import plot_evaluation
 from balora.io import write_json
 from balora.methods import Method, Resume, TrainConfig, make_method
@@ -166,7 +167,11 @@ def _fit_and_save(
     )
     # with --save-every, an interrupted training continues from this state when rerun
     every = getattr(args, "save_every", None)
-    resume = None if every is None else Resume(out / TRAINING_STATE, every)
+    resume = None
+    if every is not None:  # a state saved for other options is discarded, not resumed
+        key = hash_of([args.method, args.seed, asdict(cfg), asdict(train_cfg), args.task,
+                       method.effective_adapter().to_dict()])  # fmt: skip
+        resume = Resume(out / TRAINING_STATE, every, key=key)
     report = method.fit(task.train.to(device), val, resume=resume)
     s = 16 if method.stochastic else 0
     pred = predict_batched(method, val, s, seed=0, batch_size=_batch_size(recipe, cfg))

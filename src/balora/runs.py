@@ -44,7 +44,9 @@ ARTIFACTS = (
 def read_run(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """The parsed run.json of a `balora train` output directory."""
     path = Path(run_dir) / RUN_FILE
-    if (Path(run_dir) / MARKER).exists():
+    # with the marker but a run.json, an --overwrite training is under way and the earlier
+    # run is still whole (replace_run removes its run.json first)
+    if (Path(run_dir) / MARKER).exists() and not path.is_file():
         raise ValueError(
             f"{run_dir} holds an unfinished training (it was interrupted, or is still running: "
             f"{MARKER} is there); train it again, with --overwrite if it held a finished run"
@@ -91,7 +93,7 @@ def start_run(run_dir: Path) -> None:
 def replace_run(run_dir: Path) -> None:
     """Remove an earlier run's files (weights, evaluations, run.json) before the new run's
     are written; nothing else in the folder is touched."""
-    paths = [run_dir / name for name in (*ARTIFACTS, RUN_FILE)]
+    paths = [run_dir / name for name in (RUN_FILE, *ARTIFACTS)]  # run.json first
     paths += sorted(run_dir.glob("member-*"))
     for path in paths:
         if path.is_dir():

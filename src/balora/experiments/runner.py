@@ -241,7 +241,8 @@ def _run_one(ctx: _Context, spec: MethodSpec, seed: int) -> tuple[MethodRun, dic
         resume = None
         if ctx.save_every is not None:
             stem = _run_path(ctx.output_dir, spec, seed).stem
-            resume = Resume(ctx.output_dir / STATES_DIR / f"{stem}.pt", ctx.save_every)
+            key = _run_fingerprint(ctx.fingerprint, spec, seed)
+            resume = Resume(ctx.output_dir / STATES_DIR / f"{stem}.pt", ctx.save_every, key=key)
         report = method.fit(ctx.train, ctx.val, resume=resume)
     train_bytes = meter.stop()
 
@@ -291,7 +292,7 @@ def _run_one(ctx: _Context, spec: MethodSpec, seed: int) -> tuple[MethodRun, dic
         seed=seed,
         stochastic=method.stochastic,
         fingerprint=_run_fingerprint(ctx.fingerprint, spec, seed),
-        train_seconds=fit_time.seconds,
+        train_seconds=fit_time.seconds + report.earlier_seconds,  # a resumed run's too
         trainable_parameters=method.trainable_parameters(),
         steps=report.steps,
         best_epoch=report.best_epoch,
@@ -339,7 +340,9 @@ def _clear(out: Path) -> int:
     """Remove the files a comparison writes (and nothing else); return how many runs there were."""
     runs = sorted((out / RUNS_DIR).glob("*.json")) if (out / RUNS_DIR).is_dir() else []
     arrays = sorted((out / ARRAYS_DIR).glob("*.npz")) if (out / ARRAYS_DIR).is_dir() else []
-    for path in [*runs, *arrays, *(out / f for f in (RESULTS_JSON, RESULTS_MD, *PLOT_FILES))]:
+    states = sorted((out / STATES_DIR).glob("*.pt")) if (out / STATES_DIR).is_dir() else []
+    files = (RESULTS_JSON, RESULTS_MD, *PLOT_FILES)
+    for path in [*runs, *arrays, *states, *(out / f for f in files)]:
         path.unlink(missing_ok=True)
     return len(runs)
 

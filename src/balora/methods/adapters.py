@@ -228,10 +228,18 @@ class Ensemble(Method):
         return FitReport(
             history=[r for rep in reports for r in rep.history],
             best_epoch=reports[0].best_epoch,
+            best_step=reports[0].best_step,
             train_seconds=sum(r.train_seconds for r in reports),
             steps=sum(r.steps for r in reports),
             trainable_parameters=sum(r.trainable_parameters for r in reports),
+            earlier_seconds=sum(r.earlier_seconds for r in reports),
         )
+
+    def effective_adapter(self) -> BaLoRAConfig:
+        return self.members[0].effective_adapter()
+
+    def check_model(self, model: nn.Module) -> None:
+        self.members[0].check_model(model)
 
     @torch.no_grad()
     def predict(self, inputs: Inputs, num_samples: int = 32, seed: int | None = 0) -> Prediction:

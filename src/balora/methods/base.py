@@ -89,9 +89,9 @@ class Method:
         """Train with the shared budget (`TrainConfig`: which checkpoint is kept, validation,
         the head, the warm-up); with `resume`, a resumable state is written as training goes
         (a run started again with it continues)."""
-        # the method's seed drives initialisation and training noise; the caller's global RNG
-        # is left as it was
-        with torch.random.fork_rng(devices=[]):
+        # the method's seed drives initialisation and training noise; the caller's global RNGs
+        # (CPU and CUDA) are left as they were
+        with torch.random.fork_rng(devices=range(torch.cuda.device_count())):
             torch.manual_seed(self.seed)
             self.model = self.prepare(train)
             return train_model(self, self.model, train, val, resume=resume)

@@ -42,8 +42,8 @@ class TrainConfig:
     grad_clip: float | None = 1.0
     """Gradient-norm clipping (``None``: off)."""
     patience: int | None = None
-    """Early stopping: epochs without validation improvement (``None``: train all epochs and
-    keep the best epoch by validation NLL)."""
+    """Early stopping: validations (every epoch, or every eval_every steps) without
+    improvement (``None``: train the whole budget)."""
     max_steps: int | None = None
     """Stop after this many optimisation steps (``None``: no limit)."""
     checkpoint: Checkpoint = "best"
@@ -112,6 +112,9 @@ class Resume:
     keep: bool = False
     """Keep the finished state (marked done) instead of removing it (an ensemble keeps its
     members' until the last one is done)."""
+    key: str = ""
+    """What the state belongs to (a hash of the method, its options, budget, seed and data):
+    a state saved under another key is not resumed but discarded, with a warning."""
 
     def __post_init__(self) -> None:
         _positive_int("every", self.every)
@@ -129,3 +132,6 @@ class FitReport:
     train_seconds: float = 0.0
     steps: int = 0
     trainable_parameters: int = 0
+    earlier_seconds: float = 0.0
+    """Training time spent before a resume, by an earlier process (already in
+    `train_seconds`; add it to a time measured around the resumed call)."""

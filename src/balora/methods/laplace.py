@@ -187,8 +187,9 @@ class Laplace(LoRA):
         α parameters of the LoRA layers are frozen."""
         adapter = get_adapter(model)
         keep = {id(p) for layer in adapter.layers.values() for p in (layer.lora_A, layer.lora_B)}
-        for name in adapter.modules_to_save:
-            keep.update(id(p) for p in model.get_submodule(name).parameters())
+        if self.head_mode != "probe":  # a probed head is frozen while the adapters train
+            for name in adapter.modules_to_save:
+                keep.update(id(p) for p in model.get_submodule(name).parameters())
         for p in model.parameters():
             p.requires_grad_(id(p) in keep)
 

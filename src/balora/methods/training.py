@@ -15,8 +15,8 @@ from __future__ import annotations
 import math
 import os
 import time
+import warnings
 from collections.abc import Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -101,12 +101,14 @@ class _Loop:
         self.sums = {"nll": 0.0, "kl": 0.0, "seen": 0}
         if self.val is not None:
             record["val_nll"] = evaluate_nll(self.method, model, self.val, cfg.batch_size * 2)
-            if record["val_nll"] < self.best["nll"]:
+            # weights from a deterministic warm-up never trained with noise: not a candidate
+            candidate = self.step > self.quiet or self.quiet == 0
+            if candidate and record["val_nll"] < self.best["nll"]:
                 self.best["nll"], self.stale = record["val_nll"], 0
                 self.report.best_epoch, self.report.best_step = self.epoch, self.step
                 if cfg.checkpoint == "best":
                     self.best["state"] = self._weights()
-            else:
+            elif candidate:
                 self.stale += 1
         if self.probe is not None:
             diagnostics = noise_diagnostics(
@@ -196,9 +198,9 @@ class _Loop:
         self.report.history = history
         self.seconds = state["seconds"]
 
-    def save(self, path: Path) -> None:
-        state = self.state_dict()
-        write_atomic(path, lambda tmp: torch.save(state, tmp))
+    def save(self, resume: Resume, done: bool = False) -> None:
+        state = {**self.state_dict(), "key": resume.key, "done": done}
+        write_atomic(resume.path, lambda tmp: torch.save(state, tmp))
 
     # -- the loop ----------------------------------------------------------------------------
     def run(self, resume: Resume | None) -> FitReport:
@@ -210,7 +212,19 @@ class _Loop:
                 state = torch.load(state_path, map_location="cpu", weights_only=True)
             except Exception as e:  # a torn or foreign file: say so rather than guess
                 raise ValueError(f"cannot resume from {state_path}: {e}") from e
+            if state.get("key", "") != resume.key:
+                warnings.warn(
+                    f"{state_path} holds the training state of another configuration; "
+                    "starting afresh",
+                    stacklevel=2,
+                )
+                os.unlink(state_path)
+                state = None
+        else:
+            state = None
+        if state is not None:
             self.load_state_dict(state)
+            self.report.earlier_seconds = self.seconds
             if state.get("done"):  # a finished training kept for its caller (an ensemble)
                 self.report.train_seconds, self.report.steps = self.seconds, self.step
                 self.model.eval()
@@ -235,7 +249,7 @@ class _Loop:
                         self.validate()
                     if saving and self.step % resume.every == 0:
                         self.seconds = time.perf_counter() - start
-                        self.save(state_path)
+                        self.save(resume)
                 done = self.step >= self.total
                 if cfg.eval_every is None or done:
                     self.validate()
@@ -261,8 +275,7 @@ class _Loop:
         self.model.eval()
         if saving and resume.keep:
             self.seconds = self.report.train_seconds
-            state = {**self.state_dict(), "done": True}
-            write_atomic(state_path, lambda tmp: torch.save(state, tmp))
+            self.save(resume, done=True)
         elif saving and state_path.is_file():
             os.unlink(state_path)
         return self.report

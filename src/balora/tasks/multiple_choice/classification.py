@@ -14,8 +14,9 @@ Datasets (`MultipleChoiceTaskConfig.dataset`):
 - ``rotten_tomatoes``: the 12,808 bundled Rotten Tomatoes snippets (the text task's corpus and
   its 80/10/10 split), classes shown as "negative" / "positive";
 - ``classification``: any labelled CSV / TSV / JSONL / Parquet file (``train_file``, with
-  ``text_column`` and ``label_column``), split 80/10/10 with the text task's seeded rule unless
-  ``validation_file`` / ``test_file`` are given; classes shown as their label names, or as
+  ``text_column`` and ``label_column``); validation and test are 10 % of it each (the text
+  task's seeded split), or the whole ``validation_file`` / ``test_file`` where given (the
+  training file then keeps those rows); classes shown as their label names, or as
   ``label_words``.
 """
 
@@ -58,7 +59,11 @@ def load_classification(cfg: Any) -> tuple[TextClassificationData, list[str]]:
         words = list(cfg.label_words or ROTTEN_TOMATOES_WORDS)
     else:
         columns = (cfg.text_column, cfg.label_column)
-        data = load_text_file(cfg.train_file, *columns, seed=cfg.split_seed)
+        fractions = {  # a split with its own file takes nothing from the training file
+            "val_fraction": 0.0 if cfg.validation_file is not None else 0.1,
+            "test_fraction": 0.0 if cfg.test_file is not None else 0.1,
+        }
+        data = load_text_file(cfg.train_file, *columns, seed=cfg.split_seed, **fractions)
         names = data.label_names
         held = {}
         for split, path in (("validation", cfg.validation_file), ("test", cfg.test_file)):
@@ -96,6 +101,11 @@ def read_texts(
     except ValueError:
         table = False
     if not table:
+        if label_column is not None:
+            raise ValueError(
+                f"{path} has no columns to read labels from: evaluation data must be a CSV, "
+                "TSV, JSONL or Parquet file with a text and a label column"
+            )
         lines = [line.strip() for line in read_text(path).splitlines() if line.strip()]
         return lines, [0] * len(lines)
     if label_column is None:

@@ -229,7 +229,7 @@ def _encode_labels(
                 f"{source}: labels {unknown} in column {column!r} are not in label_names={names}"
             )
         ids = [index[s] for s in strings]
-    if len(set(ids)) < 2:
+    if len(set(ids)) < 2 and label_names is None:  # given names: a one-class file is fine
         raise ValueError(
             f"{source}: column {column!r} holds a single class ({names[ids[0]]!r}); "
             "classification needs at least two"
@@ -312,7 +312,8 @@ def load_text_file(
     to ids in sorted order; `label_names` fixes the names (and for class names, their order).
     Raises `FileNotFoundError` for a missing file and `ValueError` for an unknown extension, a
     missing column (listing the available ones), an empty text, a missing label or a file with a
-    single class. Splitting is `stratified_split` with `seed`, the fractions and `stratify`.
+    single class (unless `label_names` is given, as for a trained run's evaluation data).
+    Splitting is `stratified_split` with `seed`, the fractions and `stratify`.
     """
     path = Path(path)
     rows = read_records(path)
