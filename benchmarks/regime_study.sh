@@ -56,6 +56,9 @@ SEEDS=(0 1 2)
 GRID=(--num-samples 1 4 10 32 64)  # BaLoRA's curve against S
 BASE_GRID=(--num-samples 1 4 10 32)  # the other sampling methods (S = 64 costs 4 minutes each)
 BASELINES=(lora lora_ts mc_dropout ensemble blob laplace)
+# LANE=1 or LANE=2 (mof: random or size) runs one lane only, to restart a lane that stopped
+# (finished runs are reused)
+lane() { [ "${LANE:-all}" = all ] || [ "${LANE}" = "$1" ]; }
 # QUICK=1: a smoke test of the whole pipeline (tiny data and budgets; not a result)
 quick() { if [ "${QUICK:-0}" = 1 ]; then echo "$2"; else echo "$1"; fi; }
 if [ "${QUICK:-0}" = 1 ]; then SEEDS=(0 1); GRID=(--num-samples 1 10); BASE_GRID=("${GRID[@]}"); fi
@@ -65,7 +68,7 @@ text)
   common=(--task text --max-train "$(quick 640 32)" --max-eval "$(quick 400 16)"
           --max-length 48 --batch-size 8 --epochs 100 --max-steps "$(quick 1500 4)"
           --checkpoint last --lr 1e-3 --members "$(quick 3 2)")
-  (  # lane 1: the lever screen, BaLoRA with the chosen lever, the ensemble, then head 'new'
+  lane 1 && (  # lane 1: the lever screen, BaLoRA with the chosen lever, the ensemble, then head 'new'
     lever=$(screen "$out/screen" "${common[@]}" --head adapted | tail -1)
     echo "chosen lever: $lever"
     # shellcheck disable=SC2086
@@ -77,7 +80,7 @@ text)
     compare "$out/new/balora" "${SEEDS[@]}" -- "${common[@]}" --head new \
       --methods balora balora_constant "${GRID[@]}" $lever
   ) > "$out/lane1.log" 2>&1 &
-  (  # lane 2: the baselines with the library's adapter defaults, full fine-tuning at its lr
+  lane 2 && (  # lane 2: the baselines with the library's adapter defaults, full fine-tuning at its lr
     compare "$out/adapted/baselines" "${SEEDS[@]}" -- "${common[@]}" --head adapted \
       --methods lora lora_ts mc_dropout blob laplace "${BASE_GRID[@]}"
     compare "$out/full_ft" "${SEEDS[@]}" -- "${common[@]}" --methods full_ft --lr 5e-5
@@ -96,13 +99,13 @@ llm)
   selection=${2:-runs/regime}/text/screen/selection.json
   lever=$(python -c "import json,sys; print(' '.join(json.load(open(sys.argv[1]))['options']))" \
     "$selection")
-  (
+  lane 1 && (
     # shellcheck disable=SC2086
     compare "$out/lm/balora" 0 -- "${common[@]}" --methods balora balora_constant \
       "${GRID[@]}" $lever
     compare "$out/lm/ensemble" 0 -- "${common[@]}" --methods ensemble
   ) > "$out/lane1.log" 2>&1 &
-  (
+  lane 2 && (
     compare "$out/lm/baselines" 0 -- "${common[@]}" --methods lora lora_ts mc_dropout blob \
       laplace "${BASE_GRID[@]}"
   ) > "$out/lane2.log" 2>&1 &
@@ -113,7 +116,7 @@ vision)
           --batch-size 16 --epochs 100 --max-steps "$(quick 1000 4)" --checkpoint last
           --lr 1e-3 --members "$(quick 3 2)" --save-every 200)
   export SCREEN_ARMS="p0.1-layer p0.5-layer p0.5-element"
-  (
+  lane 1 && (
     lever=$(screen "$out/screen" "${common[@]}" --head adapted | tail -1)
     echo "chosen lever: $lever"
     for head in adapted probe; do
@@ -122,7 +125,7 @@ vision)
         --methods balora balora_constant "${GRID[@]}" $lever
     done
   ) > "$out/lane1.log" 2>&1 &
-  (
+  lane 2 && (
     for head in adapted probe; do
       compare "$out/$head/baselines" "${SEEDS[@]}" -- "${common[@]}" --head "$head" \
         --methods "${BASELINES[@]}" "${BASE_GRID[@]}"
@@ -139,7 +142,7 @@ mof)
   if [ "${QUICK:-0}" = 1 ]; then common+=(--labels "${MOF_LABELS:?QUICK=1 needs MOF_LABELS}"); fi
   export SCREEN_ARMS="p0.1-layer p0.5-layer p0.5-element"
   for split in random size; do
-    (
+    lane "$split" && (
       if [ "$split" = random ]; then
         screen "$out/screen" "${common[@]}" --split random | tail -1 > "$out/lever.txt"
       else

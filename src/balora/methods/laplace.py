@@ -63,7 +63,7 @@ LAPLACE_TENSORS = "laplace.safetensors"
 LAPLACE_META = "laplace.json"
 # Bound on the elements of the Jacobian (examples x outputs x posterior parameters) of one
 # predictive call; larger batches are predicted in chunks of examples.
-MAX_JACOBIAN_ELEMENTS = 1 << 25
+MAX_JACOBIAN_ELEMENTS = 1 << 22
 
 
 def _import_laplace() -> Any:
