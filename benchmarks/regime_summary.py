@@ -137,12 +137,22 @@ def summarize_group(name: str, folders: list[Path]) -> list[str]:
         )
     header = ["method", "output std", "NLL gap S=0 − S=10", "noise/update", "update/base"]
     lines += _table([*header, "train s", f"predict s (S={AT})"], rows)
-    grid = sorted({s for res in loaded for s in res.num_samples})
+    sampling = {m: rs for m, rs in runs.items() if rs[0].stochastic}
     for key, title in (columns[1], columns[2]):
-        rows = []
-        for method, rs in runs.items():
-            if rs[0].stochastic:
-                rows.append([method, *(_fmt([_metric(r, key, s) for r in rs]) for s in [0, *grid])])
+        # the S values some sampling method was evaluated at (a deterministic method's
+        # comparison may list others)
+        grid = sorted(
+            {
+                s
+                for res in loaded
+                for s in res.num_samples
+                if any(_metric(r, key, s) is not None for rs in sampling.values() for r in rs)
+            }
+        )
+        rows = [
+            [method, *(_fmt([_metric(r, key, s) for r in rs]) for s in [0, *grid])]
+            for method, rs in sampling.items()
+        ]
         if rows:
             lines += ["", f"{title} against S (S = 0: the posterior mean):", ""]
             lines += _table(["method", *(f"S = {s}" for s in [0, *grid])], rows)
