@@ -22,8 +22,8 @@ import torch
 from torch import nn
 
 from balora import BaLoRAConfig
-from balora.experiments import compare
 from balora.dataset import Data
+from balora.experiments import compare
 from balora.methods import METHODS, TrainConfig
 
 D_IN, N_CLASSES = 8, 3
