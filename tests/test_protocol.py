@@ -178,10 +178,25 @@ def test_noise_diagnostics_match_a_monte_carlo_estimate():
     assert diag.nll_gap == pytest.approx(diag.nll_mean - diag.nll_sampled)
 
 
-@pytest.mark.parametrize("name", ["balora", "mc_dropout", "ensemble"])
-def test_an_interrupted_training_resumes_to_the_same_weights(name, tmp_path, monkeypatch):
+def _crash_at_step(monkeypatch, n: int) -> None:
+    """Make the n-th optimiser step of any training raise KeyboardInterrupt (an interrupted
+    process); `monkeypatch.undo()` restores the loop."""
     from balora.methods import training
 
+    original = training._Loop.optimise
+    calls = {"n": 0}
+
+    def crash(self, batch):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise KeyboardInterrupt
+        return original(self, batch)
+
+    monkeypatch.setattr(training._Loop, "optimise", crash)
+
+
+@pytest.mark.parametrize("name", ["balora", "mc_dropout", "ensemble"])
+def test_an_interrupted_training_resumes_to_the_same_weights(name, tmp_path, monkeypatch):
     budget = {"epochs": 3, "batch_size": 8, "lr": 2e-2, "progress": False, "eval_every": 5}
     options = {"members": 2} if name == "ensemble" else {}
 
@@ -192,16 +207,7 @@ def test_an_interrupted_training_resumes_to_the_same_weights(name, tmp_path, mon
     whole = build()
     whole_report = whole.fit(_data(), _data(seed=1))
     state = Resume(tmp_path / "state.pt", every=4)
-    original = training._Loop.optimise
-    calls = {"n": 0}
-
-    def crash_at_step_ten(self, batch):
-        calls["n"] += 1
-        if calls["n"] == 10:
-            raise KeyboardInterrupt
-        return original(self, batch)
-
-    monkeypatch.setattr(training._Loop, "optimise", crash_at_step_ten)
+    _crash_at_step(monkeypatch, 10)
     with pytest.raises(KeyboardInterrupt):
         build().fit(_data(), _data(seed=1), resume=state)
     monkeypatch.undo()
@@ -225,20 +231,9 @@ def test_a_foreign_training_state_is_refused(tmp_path):
 
 
 def test_a_state_of_other_options_is_discarded_not_resumed(tmp_path, monkeypatch):
-    from balora.methods import training
-
     budget = TrainConfig(epochs=2, batch_size=8, progress=False)
     state = tmp_path / "state.pt"
-    calls = {"n": 0}
-    original = training._Loop.optimise
-
-    def crash(self, batch):
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise KeyboardInterrupt
-        return original(self, batch)
-
-    monkeypatch.setattr(training._Loop, "optimise", crash)
+    _crash_at_step(monkeypatch, 5)
     with pytest.raises(KeyboardInterrupt):
         make_method("lora", _pretrained, adapter=ADAPTER, train=budget).fit(
             _data(), resume=Resume(state, every=2, key="lr=1e-3")
