@@ -337,6 +337,30 @@ def test_laplace_prediction_in_chunks(monkeypatch):
     assert 0.8 < ratio < 1.25, ratio
 
 
+def test_laplace_reuses_its_predictive_moments_across_sample_sizes(monkeypatch):
+    train, val, test = dataset("classification")
+    method = build("laplace", "classification")  # its own: the test changes its posterior
+    method.fit(train, val)
+    la = method.laplace
+    calls = []
+    glm = la._glm_predictive_distribution
+    monkeypatch.setattr(la, "_glm_predictive_distribution", lambda x: calls.append(1) or glm(x))
+    first = {s: method.predict(test.inputs, num_samples=s, seed=4) for s in (1, 10, 32)}
+    assert len(calls) == 1  # one Jacobian pass for every S
+    # the same draws as laplace-torch's own sampler on fresh Jacobians
+    with torch.enable_grad():
+        reference = la.functional_samples(
+            test.inputs, n_samples=32, generator=torch.Generator().manual_seed(4)
+        )
+    torch.testing.assert_close(first[32].mean, reference.softmax(-1).mean(0), rtol=0, atol=1e-6)
+    # a new prior precision is another posterior: the moments are computed again
+    la.prior_precision = la.prior_precision * 4
+    calls.clear()
+    tighter = method.predict(test.inputs, num_samples=32, seed=4)
+    assert len(calls) == 1
+    assert tighter.epistemic.mean() < first[32].epistemic.mean()
+
+
 @pytest.mark.parametrize("name", ["mc_dropout", "blob", "balora", "balora_constant"])
 def test_prediction_with_the_prefix_cache_equals_the_full_passes(name, monkeypatch):
     balora_predict = importlib.import_module("balora.predict")  # the module, not the function

@@ -7,6 +7,7 @@ runner evaluates on it, and every task turns its files into it.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -85,3 +86,13 @@ class Data:
         if isinstance(self.inputs, Tensor):
             return Data(self.inputs.to(device), self.targets.to(device))
         return Data({k: v.to(device) for k, v in self.inputs.items()}, self.targets.to(device))
+
+
+def tensor_digest(tensors: Mapping[str, Tensor]) -> str:
+    """A content hash of named tensors: every name, shape, dtype and byte."""
+    h = hashlib.blake2b(digest_size=16)
+    for key, t in sorted(tensors.items()):
+        t = t.detach().to("cpu").contiguous()
+        h.update(f"{key}{list(t.shape)}{t.dtype}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().data if t.numel() else b"")
+    return h.hexdigest()

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from balora.dataset import Data, ModelFactory
+from balora.dataset import Data, ModelFactory, tensor_digest
 from balora.predict import model_output
 
 NOT_FINGERPRINTED = ("name", "methods", "seeds")
@@ -36,16 +36,11 @@ def tensors_of(data: Data) -> dict[str, Tensor]:
 
 def data_fingerprint(data: Data) -> dict[str, Any]:
     """Size, shapes, dtypes and a content hash of a `Data` (every byte of every tensor)."""
-    h = hashlib.blake2b(digest_size=16)
-    shapes = {}
-    for key, t in sorted(tensors_of(data).items()):
-        if not isinstance(t, Tensor):
-            continue
-        t = t.detach().to("cpu").contiguous()
-        shapes[key] = [list(t.shape), str(t.dtype).removeprefix("torch.")]
-        h.update(f"{key}{list(t.shape)}{t.dtype}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().data if t.numel() else b"")
-    return {"n": len(data), "tensors": shapes, "checksum": h.hexdigest()}
+    named = {k: t for k, t in tensors_of(data).items() if isinstance(t, Tensor)}
+    shapes = {
+        k: [list(t.shape), str(t.dtype).removeprefix("torch.")] for k, t in sorted(named.items())
+    }
+    return {"n": len(data), "tensors": shapes, "checksum": tensor_digest(named)}
 
 
 def model_fingerprint(model: nn.Module, model_factory: ModelFactory) -> dict[str, Any]:

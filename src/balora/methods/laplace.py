@@ -11,7 +11,10 @@
     4. prediction: S samples of the linearised (GLM) predictive f ~ N(f_MAP(x), J Σ Jᵀ),
        summarised by `balora.predict.summarize` like every other method (classification:
        softmax of each logit sample; regression: epistemic = variance of the S function
-       samples, aleatoric = σ²).
+       samples, aleatoric = σ²). The Jacobians J cost about a training epoch's gradients, and
+       an evaluation asks for the same inputs at several S: the moments (f_MAP, J Σ Jᵀ) of
+       recent inputs are kept (keyed by the inputs' content and the posterior's
+       hyperparameters), so each S value only draws new samples.
 
 Why these variants: laplace-torch's Kronecker factors (KFAC) exist only for ``nn.Linear`` /
 ``nn.Conv2d`` modules, and an adapter's A and B are parameters of a wrapper layer, so over the
@@ -36,6 +39,7 @@ import math
 import os
 import time
 import warnings
+from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Self
@@ -48,7 +52,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from balora.config import check_choice
-from balora.dataset import Data, Inputs
+from balora.dataset import Data, Inputs, tensor_digest
 from balora.inject import get_adapter
 from balora.io import write_files
 from balora.methods.adapters import LoRA
@@ -64,6 +68,9 @@ LAPLACE_META = "laplace.json"
 # Bound on the elements of the Jacobian (examples x outputs x posterior parameters) of one
 # predictive call; larger batches are predicted in chunks of examples.
 MAX_JACOBIAN_ELEMENTS = 1 << 22
+# Bound on the elements of the kept predictive moments (means and output covariances; about
+# 64 MiB in float32); the oldest are dropped first.
+MAX_CACHED_ELEMENTS = 1 << 24
 
 
 def _import_laplace() -> Any:
@@ -167,8 +174,19 @@ class Laplace(LoRA):
             raise ValueError(f"marglik_steps must be an integer >= 1, got {marglik_steps!r}")
         self.last_layer_name = last_layer_name
         self.marglik_steps = marglik_steps
-        self.laplace: Any = None
+        self._laplace: Any = None
         self._dict_key_x: str | None = None
+        self._moments: OrderedDict[str, tuple[Tensor, Tensor]] = OrderedDict()
+
+    @property
+    def laplace(self) -> Any:
+        """The fitted laplace-torch object (``None`` before `fit` / `load`)."""
+        return self._laplace
+
+    @laplace.setter
+    def laplace(self, value: Any) -> None:
+        self._laplace = value
+        self._moments.clear()  # moments of another posterior
 
     def fit(self, train: Data, val: Data | None = None, **options: Any) -> FitReport:
         """Fit LoRA (the shared loop), then the Laplace approximation on `train`; the
@@ -337,12 +355,10 @@ class Laplace(LoRA):
             step = max(1, MAX_JACOBIAN_ELEMENTS // (mean[0].numel() * la.n_params))
             parts = []
             for start in range(0, b, step):
-                chunk = _slice(inputs, start, start + step)
-                with torch.enable_grad():
-                    f = la.functional_samples(
-                        chunk, pred_type="glm", n_samples=num_samples, generator=generator
-                    )
-                parts.append(f.detach())
+                f_mu, f_var = self._glm_moments(_slice(inputs, start, start + step))
+                # laplace-torch's own sampler, as its `functional_samples` calls it
+                f = _import_laplace().utils.normal_samples(f_mu, f_var, num_samples, generator)
+                parts.append(f)
             samples = torch.cat(parts, dim=1).reshape(num_samples, b, *shape).to(mean.dtype)
         if self.task == "classification":
             return summarize(samples, "classification", num_samples)
@@ -351,6 +367,37 @@ class Laplace(LoRA):
         return summarize(
             torch.stack([samples, log_var], dim=-1), "regression", num_samples, gaussian=True
         )
+
+    def _glm_moments(self, inputs: Inputs) -> tuple[Tensor, Tensor]:
+        """f_MAP (b, k) and J Σ Jᵀ (b, k, k) of the GLM predictive at `inputs`, from the
+        cache when these inputs were seen under the current hyperparameters."""
+        la = self.laplace
+        key = _moments_key(inputs, la)
+        if key is not None and key in self._moments:
+            self._moments.move_to_end(key)
+            return self._moments[key]
+        with torch.enable_grad():
+            # what laplace-torch's `functional_samples` computes before it samples (the
+            # last-layer variants take the last layer's Jacobians)
+            f_mu, f_var = la._glm_predictive_distribution(inputs)
+        moments = (f_mu.detach(), f_var.detach())
+        if key is not None:
+            self._moments[key] = moments
+            while sum(m.numel() + v.numel() for m, v in self._moments.values()) > (
+                MAX_CACHED_ELEMENTS
+            ):
+                self._moments.popitem(last=False)
+        return moments
+
+
+def _moments_key(inputs: Inputs, la: Any) -> str | None:
+    """The inputs' content and the hyperparameters the predictive moments depend on (the
+    prior precision and, for regression, σ); ``None`` for inputs that are not all tensors."""
+    named = {"x": inputs} if isinstance(inputs, Tensor) else dict(inputs)
+    if not all(isinstance(v, Tensor) for v in named.values()):
+        return None
+    hyper = {"prior": la.prior_precision, "sigma": torch.as_tensor(la.sigma_noise)}
+    return tensor_digest({**{f"x.{k}": v for k, v in named.items()}, **hyper})
 
 
 def _slice(inputs: Inputs, start: int, stop: int) -> Inputs:
