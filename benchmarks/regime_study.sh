@@ -155,11 +155,17 @@ mof)
           --checkpoint last --members 5)
   if [ "${QUICK:-0}" = 1 ]; then common+=(--labels "${MOF_LABELS:?QUICK=1 needs MOF_LABELS}"); fi
   export SCREEN_ARMS="p0.1-layer p0.5-layer p0.5-element"
+  baselines() {
+    compare "$out/$1/baselines" "${SEEDS[@]}" -- "${common[@]}" --split "$1" \
+      --methods lora ensemble mc_dropout blob "${BASE_GRID[@]}"
+  }
   for split in random size; do
     lane "$split" && (
       if [ "$split" = random ]; then
-        screen "$out/screen" "${common[@]}" --split random | tail -1 > "$out/lever.txt"
-      else
+        screen "$out/screen" "${common[@]}" --split random | tail -1 > "$out/lever.txt.part"
+        mv "$out/lever.txt.part" "$out/lever.txt"
+      else  # the baselines need no lever: they run while lane 'random' screens
+        baselines size
         while [ ! -s "$out/lever.txt" ]; do sleep 60; done
       fi
       lever=$(cat "$out/lever.txt")
@@ -167,8 +173,7 @@ mof)
       # shellcheck disable=SC2086
       compare "$out/$split/balora" "${SEEDS[@]}" -- "${common[@]}" --split "$split" \
         --methods balora balora_constant "${GRID[@]}" $lever
-      compare "$out/$split/baselines" "${SEEDS[@]}" -- "${common[@]}" --split "$split" \
-        --methods lora ensemble mc_dropout blob "${BASE_GRID[@]}"
+      if [ "$split" = random ]; then baselines random; fi
     ) > "$out/$split.log" 2>&1 &
   done
   wait
