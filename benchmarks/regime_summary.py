@@ -14,6 +14,7 @@ averages over seeds and ratios: every number is read from the comparisons' resul
 from __future__ import annotations
 
 import argparse
+import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,8 +35,8 @@ OOD = (("auroc_ood_epistemic", "AUROC OOD (epistemic) ↑"),)
 REGRESSION = (
     ("mae", "MAE ↓"),
     ("nll", "NLL ↓"),
-    ("spearman_std_abs_error", "Spearman(std, |err|) ↑"),
-    ("spearman_epistemic_abs_error", "Spearman(epistemic std, |err|) ↑"),
+    ("spearman_std_abs_error", "Spearman(std, \\|err\\|) ↑"),
+    ("spearman_epistemic_abs_error", "Spearman(epistemic std, \\|err\\|) ↑"),
     ("coverage_95", "cov. 95%"),
     ("mean_epistemic", "epistemic var."),
 )
@@ -86,12 +87,24 @@ def _seconds(run: MethodRun) -> float | None:
         return None
 
 
-def _runs(loaded: list[Results]) -> dict[str, list[MethodRun]]:
+def _runs(folders: list[Path], loaded: list[Results]) -> dict[str, list[MethodRun]]:
+    """Every finished run of each folder by method label: those in its ``results.json`` and
+    any other in its ``runs/*.json``. A folder's runs may come from several `compare` calls
+    with different method lists (one configuration: `compare` refuses to resume under
+    another), so a study stopped part-way shows what finished; methods in the order of each
+    folder's last call, seeds ascending."""
     out: dict[str, list[MethodRun]] = {}
-    for res in loaded:
-        for m in res.methods:
-            if res.runs_of(m):  # a method whose runs have not finished has no row yet
-                out.setdefault(m, []).extend(res.runs_of(m))
+    for folder, res in zip(folders, loaded, strict=True):
+        found = list(res.runs)
+        seen = {(r.method, r.seed) for r in found}
+        for f in sorted((folder / "runs").glob("*.json")):
+            run = MethodRun.from_dict(json.loads(f.read_text()))
+            if (run.method, run.seed) not in seen:
+                found.append(run)
+        order = {m: i for i, m in enumerate(res.methods)}
+        found.sort(key=lambda r: (order.get(r.method, len(order)), r.method, r.seed))
+        for run in found:
+            out.setdefault(run.method, []).append(run)
     return out
 
 
@@ -105,7 +118,7 @@ def _table(header: Sequence[str], rows: list[list[str]]) -> list[str]:
 
 def summarize_group(name: str, folders: list[Path]) -> list[str]:
     loaded = [Results.load(f) for f in folders]
-    runs = _runs(loaded)
+    runs = _runs(folders, loaded)
     regression = loaded[0].task == "regression"
     columns = REGRESSION if regression else CLASSIFICATION
     if any(r.has_ood for r in loaded):
