@@ -37,6 +37,10 @@ ARMS: dict[str, list[str]] = {
 warm-up, the α learning rate, KL tempering)."""
 
 
+METRICS = ("nll", "ece", "accuracy", "mae", "mean_epistemic")
+"""Recorded per arm (ECE and accuracy for classification, MAE for regression)."""
+
+
 def _value(results: Results, method: str, key: str, at: int) -> float | None:
     return results.summary(method, key, at).mean
 
@@ -51,10 +55,11 @@ def select(screen: Path, at: int) -> tuple[str, list[dict[str, object]]]:
         res = Results.load(folder)
         method = res.methods[0]
         row: dict[str, object] = {"arm": arm, "options": " ".join(ARMS[arm])}
-        for key in ("nll", "ece", "accuracy", "mean_epistemic"):
+        for key in METRICS:
             row[key] = _value(res, method, key, at)
             row[f"{key}_mean"] = _value(res, method, key, 0)
-        rows.append(row)
+        if row["nll"] is not None:  # an arm still training has no NLL yet
+            rows.append(row)
     if not rows:
         raise SystemExit(f"no finished screen arm under {screen}")
     rows.sort(key=lambda r: r["nll"])  # type: ignore[arg-type, return-value]
@@ -82,16 +87,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         json.dumps({"selected": best, "options": ARMS[best], "at": args.at, "arms": rows},
                    indent=1) + "\n"
     )  # fmt: skip
+    regression = rows[0]["mae"] is not None
+    columns = {"nll": "NLL", "mae": "MAE"} if regression else {"nll": "NLL", "ece": "ECE"}
+    if not regression:
+        columns["accuracy"] = "accuracy"
+    columns["mean_epistemic"] = "mean epistemic"
+    columns.update({f"{k}_mean": f"{columns[k]} (S=0)" for k in list(columns)[:2]})
     lines = [
         f"Screen on the validation split, seed 0, S = {args.at} (S = 0: posterior mean); "
         f"lowest validation NLL wins: **{best}**.",
         "",
-        "| arm | options | NLL | ECE | accuracy | mean epistemic | NLL (S=0) | ECE (S=0) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| arm | options | " + " | ".join(columns.values()) + " |",
+        "|---|---|" + "---|" * len(columns),
     ]
     for r in rows:
         cells = [r["arm"], f"`{r['options']}`"]
-        for key in ("nll", "ece", "accuracy", "mean_epistemic", "nll_mean", "ece_mean"):
+        for key in columns:
             v = r[key]
             cells.append("–" if v is None else f"{v:.4f}")
         lines.append("| " + " | ".join(map(str, cells)) + " |")
