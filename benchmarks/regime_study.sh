@@ -155,26 +155,39 @@ mof)
           --checkpoint last --members 5)
   if [ "${QUICK:-0}" = 1 ]; then common+=(--labels "${MOF_LABELS:?QUICK=1 needs MOF_LABELS}"); fi
   export SCREEN_ARMS="p0.1-layer p0.5-layer p0.5-element"
-  baselines() {
-    compare "$out/$1/baselines" "${SEEDS[@]}" -- "${common[@]}" --split "$1" \
-      --methods lora ensemble mc_dropout blob "${BASE_GRID[@]}"
+  # BaLoRA and the ensemble finish seed by seed (an interrupted study holds whole pairs for
+  # claim 4), then the other baselines
+  baselines() {  # baselines SPLIT N METHODS...: the first N seeds
+    local split=$1 n=$2; shift 2
+    compare "$out/$split/baselines" "${SEEDS[@]:0:$n}" -- "${common[@]}" --split "$split" \
+      --methods "$@" "${BASE_GRID[@]}"
   }
   for split in random size; do
     lane "$split" && (
       if [ "$split" = random ]; then
         screen "$out/screen" "${common[@]}" --split random | tail -1 > "$out/lever.txt.part"
         mv "$out/lever.txt.part" "$out/lever.txt"
-      else  # the baselines need no lever: they run while lane 'random' screens
-        baselines size
-        while [ ! -s "$out/lever.txt" ]; do sleep 60; done
+      else  # the first seed's baselines need no lever: they run while lane 'random' screens
+        baselines size 1 lora ensemble
+        while [ ! -s "$out/lever.txt" ]; do
+          if ! kill -0 "${random_lane:-}" 2>/dev/null; then
+            echo "no lever: lane random ended without writing $out/lever.txt" >&2
+            exit 1
+          fi
+          sleep 60
+        done
       fi
       lever=$(cat "$out/lever.txt")
       echo "chosen lever: $lever"
-      # shellcheck disable=SC2086
-      compare "$out/$split/balora" "${SEEDS[@]}" -- "${common[@]}" --split "$split" \
-        --methods balora balora_constant "${GRID[@]}" $lever
-      if [ "$split" = random ]; then baselines random; fi
+      for n in $(seq 1 "${#SEEDS[@]}"); do
+        # shellcheck disable=SC2086
+        compare "$out/$split/balora" "${SEEDS[@]:0:$n}" -- "${common[@]}" --split "$split" \
+          --methods balora balora_constant "${GRID[@]}" $lever
+        baselines "$split" "$n" lora ensemble
+      done
+      baselines "$split" "${#SEEDS[@]}" lora ensemble mc_dropout blob
     ) > "$out/$split.log" 2>&1 &
+    if [ "$split" = random ]; then random_lane=$!; fi
   done
   wait
   ;;

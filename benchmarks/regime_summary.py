@@ -52,6 +52,8 @@ def _folders(task_dir: Path) -> dict[str, list[Path]]:
         key = rel.parts[0] if len(rel.parts) > 1 else ""
         groups.setdefault(key, []).append(path.parent)
     references = groups.pop("", [])
+    if not groups and not references:
+        raise SystemExit(f"no comparison (results.json) under {task_dir}")
     if not groups:
         return {"all": references}
     return {k: v + references for k, v in groups.items()}
