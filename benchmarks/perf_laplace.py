@@ -80,7 +80,9 @@ def run(args: Any) -> pc.Report:
             "kept_vs_recomputed": pc.median(
                 [a / b for a, b in zip(times["kept"], times["recomputed"], strict=True)]
             ),
-            "max_abs_diff": max(float((a - b).abs().max()) for a, b in zip(kept, recomputed)),
+            "max_abs_diff": max(
+                float((a - b).abs().max()) for a, b in zip(kept, recomputed, strict=True)
+            ),
         },
     )
     report.write(args.output)

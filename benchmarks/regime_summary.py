@@ -153,7 +153,8 @@ def summarize_group(name: str, folders: list[Path]) -> list[str]:
     header = ["method", "output std", "NLL gap S=0 − S=10", "noise/update", "update/base"]
     lines += _table([*header, "train s", f"predict s (S={AT})"], rows)
     sampling = {m: rs for m, rs in runs.items() if rs[0].stochastic}
-    for key, title in (columns[1], columns[2]):
+    # classification: ECE and NLL; regression: NLL and both Spearman correlations
+    for key, title in columns[1:4] if regression else columns[1:3]:
         # the S values some sampling method was evaluated at (a deterministic method's
         # comparison may list others)
         grid = sorted(
