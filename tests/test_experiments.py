@@ -309,6 +309,39 @@ def test_resume_false_starts_again(done, tmp_path, monkeypatch):
     assert Results.load(out).config["train"]["epochs"] == 2 == len(res.run("lora", 0).history)
 
 
+def test_a_diverged_run_is_recorded_and_the_others_go_on(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    calls = counting(monkeypatch)
+    original = runner_module._run_one
+
+    def run_one(ctx, spec, seed):
+        if (spec.label, seed) == ("balora", 0):
+            raise FloatingPointError("balora: the training loss became nan at step 3")
+        return original(ctx, spec, seed)
+
+    monkeypatch.setattr(runner_module, "_run_one", run_one)
+    with pytest.warns(UserWarning, match="balora \\(seed 0\\) failed: .*nan at step 3"):
+        res = run_compare(out, methods=["balora", "lora"], seeds=(0, 1), plots=False)
+    assert [(r.method, r.seed) for r in res.runs] == [("balora", 1), ("lora", 0), ("lora", 1)]
+    assert [(f.method, f.seed) for f in res.failed] == [("balora", 0)]
+    assert Results.load(out).failed == res.failed
+    assert "## Failed runs" in (out / "results.md").read_text()
+    assert res.summary("balora", "accuracy").seeds == 1  # the other seed's
+    # a resumed comparison reports the failure again and does not retry it
+    calls.clear()
+    with pytest.warns(UserWarning, match="not retried"):
+        again = run_compare(out, methods=["balora", "lora"], seeds=(0, 1), plots=False)
+    assert calls == []
+    assert again.failed == res.failed
+    # deleting the record retries the run
+    (out / "failed" / "balora__seed0.json").unlink()
+    monkeypatch.setattr(runner_module, "_run_one", original)
+    calls = counting(monkeypatch)
+    third = run_compare(out, methods=["balora", "lora"], seeds=(0, 1), plots=False)
+    assert calls == [("balora", 0)]
+    assert third.failed == []
+
+
 # ── regression ─────────────────────────────────────────────────────────────────────────────
 
 

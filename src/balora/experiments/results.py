@@ -246,6 +246,25 @@ class MethodRun:
 
 
 @dataclass(frozen=True)
+class FailedRun:
+    """A run whose training diverged (a non-finite loss): the comparison recorded it and went
+    on with the other runs. A resumed comparison does not retry it (delete its record under
+    ``failed/`` or rerun with ``resume=False`` to try again)."""
+
+    method: str
+    seed: int
+    fingerprint: str
+    error: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> FailedRun:
+        return cls(data["method"], int(data["seed"]), data["fingerprint"], data["error"])
+
+
+@dataclass(frozen=True)
 class MetricSummary:
     """Mean ± sample standard deviation (ddof = 1; 0 for a single seed) of one metric over the
     seeds where it is defined; `defined` of `seeds` seeds had a value (``mean`` is ``None``
@@ -288,6 +307,7 @@ class Results:
     runs: list[MethodRun]
     has_ood: bool = False
     output_dir: Path | None = None
+    failed: list[FailedRun] = field(default_factory=list)
 
     # -- access -------------------------------------------------------------------------------
     @property
@@ -332,6 +352,7 @@ class Results:
             "has_ood": self.has_ood,
             "notes": NOTES,
             "runs": [r.to_dict() for r in self.runs],
+            "failed": [f.to_dict() for f in self.failed],
         }
 
     @classmethod
@@ -353,6 +374,7 @@ class Results:
             runs=[MethodRun.from_dict(r) for r in data["runs"]],
             has_ood=bool(data.get("has_ood", False)),
             output_dir=output_dir,
+            failed=[FailedRun.from_dict(f) for f in data.get("failed", [])],
         )
 
     @classmethod
@@ -498,6 +520,18 @@ def markdown_report(results: Results) -> str:
     ]
     lines += _table(header, rows)
     lines += ["", f"Peak memory: `{kind}`: {MEMORY_KINDS.get(kind, '')}.", ""]
+    if results.failed:
+        lines += [
+            "## Failed runs",
+            "",
+            "Their training diverged; the tables above average the other seeds.",
+            "",
+        ]
+        lines += _table(
+            ["method", "seed", "error"],
+            [[f.method, str(f.seed), f.error.replace("|", "\\|")] for f in results.failed],
+        )
+        lines += [""]
     return "\n".join(lines)
 
 

@@ -59,6 +59,7 @@ from balora.experiments.results import (
     RESULTS_MD,
     AlphaSummary,
     Evaluation,
+    FailedRun,
     MethodRun,
     PeakMemory,
     Results,
@@ -74,6 +75,7 @@ DEFAULT_NUM_SAMPLES: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
 RUNS_DIR = "runs"
 STATES_DIR = "states"  # resumable training states of unfinished runs (TrainConfig.save_every)
 ARRAYS_DIR = "arrays"
+FAILED_DIR = "failed"  # records of runs whose training diverged (not retried on resume)
 PLOT_FILES = (
     "reliability.png",
     "uncertainty_vs_error.png",
@@ -325,6 +327,11 @@ def _check_positive_ints(name: str, values: Sequence[int], minimum: int) -> list
     return out
 
 
+def _failure(path: Path) -> FailedRun:
+    with open(path) as f:
+        return FailedRun.from_dict(json.load(f))
+
+
 def _load_previous(out: Path) -> dict[str, Any] | None:
     path = out / RESULTS_JSON
     if not path.is_file():
@@ -341,8 +348,9 @@ def _clear(out: Path) -> int:
     runs = sorted((out / RUNS_DIR).glob("*.json")) if (out / RUNS_DIR).is_dir() else []
     arrays = sorted((out / ARRAYS_DIR).glob("*.npz")) if (out / ARRAYS_DIR).is_dir() else []
     states = sorted((out / STATES_DIR).glob("*.pt")) if (out / STATES_DIR).is_dir() else []
+    failed = sorted((out / FAILED_DIR).glob("*.json")) if (out / FAILED_DIR).is_dir() else []
     files = (RESULTS_JSON, RESULTS_MD, *PLOT_FILES)
-    for path in [*runs, *arrays, *states, *(out / f for f in files)]:
+    for path in [*runs, *arrays, *states, *failed, *(out / f for f in files)]:
         path.unlink(missing_ok=True)
     return len(runs)
 
@@ -497,6 +505,7 @@ def compare(
     for spec, seed in bar:
         bar.set_postfix(method=spec.label, seed=seed)
         path = _run_path(out, spec, seed)
+        failed_path = out / FAILED_DIR / path.name
         expected = _run_fingerprint(fingerprint, spec, seed)
         if resume and path.is_file():
             with open(path) as f:
@@ -506,10 +515,33 @@ def compare(
                     f"{path} was made under another configuration or other options for "
                     f"{spec.label!r}; use another output_dir, or resume=False to start again"
                 )
+        elif resume and failed_path.is_file() and _failure(failed_path).fingerprint == expected:
+            failure = _failure(failed_path)
+            results.failed.append(failure)
+            results.save()
+            warnings.warn(
+                f"{spec.label} (seed {seed}) diverged in an earlier run and is not retried: "
+                f"{failure.error} (delete {failed_path} to try again)",
+                stacklevel=2,
+            )
+            continue
         else:
-            run, arrays = _run_one(ctx, spec, seed)
+            try:
+                run, arrays = _run_one(ctx, spec, seed)
+            except FloatingPointError as err:  # a diverged training: record it, go on
+                failure = FailedRun(spec.label or spec.name, seed, expected, str(err))
+                write_json(failed_path, failure.to_dict())
+                results.failed.append(failure)
+                results.save()
+                warnings.warn(
+                    f"{spec.label} (seed {seed}) failed: {err}; recorded in {failed_path}, "
+                    "the comparison goes on with the other runs",
+                    stacklevel=2,
+                )
+                continue
             write_npz(out / run.arrays, arrays)
             write_json(path, run.to_dict())
+            failed_path.unlink(missing_ok=True)
         results.runs.append(run)
         results.save()
     bar.close()

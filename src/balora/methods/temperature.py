@@ -41,7 +41,7 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, steps: int = 100
         return loss
 
     opt.step(closure)
-    t = float(log_t.exp())
+    t = float(log_t.detach().exp())
     if not math.isfinite(t) or t <= 0:
         raise FloatingPointError(f"lora_ts: the fitted temperature is {t}")
     return t
