@@ -135,6 +135,10 @@ def summarize_group(name: str, folders: list[Path]) -> list[str]:
             cells += [_fmt([_metric(r, k, s) for r in rs]) for k, _ in columns]
             rows.append(cells)
     lines += _table(["method", "seeds", *(t for _, t in columns)], rows)
+    failed = [f for res in loaded for f in res.failed]
+    if failed:
+        lines += ["", "Failed (training diverged; not in the means):", ""]
+        lines += [f"- {f.method}, seed {f.seed}: {f.error}" for f in failed]
     lines += ["", "Noise diagnostics on test data (S = 10) and costs (seconds, one thread):", ""]
     rows = []
     for method, rs in runs.items():
