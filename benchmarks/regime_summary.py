@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from balora.experiments.results import MethodRun, Results
+from balora.experiments.results import FailedRun, MethodRun, Results
 
 CLASSIFICATION = (
     ("accuracy", "accuracy ↑"),
@@ -135,7 +135,12 @@ def summarize_group(name: str, folders: list[Path]) -> list[str]:
             cells += [_fmt([_metric(r, k, s) for r in rs]) for k, _ in columns]
             rows.append(cells)
     lines += _table(["method", "seeds", *(t for _, t in columns)], rows)
-    failed = [f for res in loaded for f in res.failed]
+    failed = {(f.method, f.seed): f for res in loaded for f in res.failed}
+    for folder in folders:  # records of earlier calls with other method lists
+        for path in sorted((folder / "failed").glob("*.json")):
+            f = FailedRun.from_dict(json.loads(path.read_text()))
+            failed.setdefault((f.method, f.seed), f)
+    failed = list(failed.values())
     if failed:
         lines += ["", "Failed (training diverged; not in the means):", ""]
         lines += [f"- {f.method}, seed {f.seed}: {f.error}" for f in failed]

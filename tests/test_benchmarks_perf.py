@@ -64,3 +64,14 @@ def test_params_benchmark_counts_the_alpha_parameters(tmp_path):
     assert layers * 33 <= row["extra_layer"] <= layers * 65
     assert row["ensemble_params"] == 5 * row["lora_params"]
     assert row["lora_params"] % r == 0
+
+
+@pytest.mark.slow  # fits Laplace on the offline MiniLM (about a minute on 2 cores)
+def test_laplace_benchmark_draws_the_same_samples_both_ways(tmp_path):
+    import perf_laplace
+
+    perf_laplace.main(["--quick", "--repeats", "1", "--examples", "16", "--output", str(tmp_path)])
+    row = json.loads((tmp_path / "laplace.json").read_text())["tables"]["S-grid evaluation"][0]
+    assert row["max_abs_diff"] == 0  # kept moments: the same draws as recomputed ones
+    assert row["kept_s"] > 0
+    assert row["recomputed_s"] > 0
