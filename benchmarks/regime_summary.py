@@ -16,8 +16,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -41,6 +42,7 @@ REGRESSION = (
     ("mean_epistemic", "epistemic var."),
 )
 AT = 10
+Record = TypeVar("Record", MethodRun, FailedRun)
 
 
 def _folders(task_dir: Path) -> dict[str, list[Path]]:
@@ -89,6 +91,19 @@ def _seconds(run: MethodRun) -> float | None:
         return None
 
 
+def _with_files(listed: list[Record], records: Path, read: Callable[[Any], Record]) -> list[Record]:
+    """`listed` (a folder's results.json) and the records in `records`/*.json it lacks (by
+    method and seed): those of earlier `compare` calls with other method lists."""
+    out = list(listed)
+    seen = {(r.method, r.seed) for r in out}
+    for path in sorted(records.glob("*.json")):
+        record = read(json.loads(path.read_text()))
+        if (record.method, record.seed) not in seen:
+            seen.add((record.method, record.seed))
+            out.append(record)
+    return out
+
+
 def _runs(folders: list[Path], loaded: list[Results]) -> dict[str, list[MethodRun]]:
     """Every finished run of each folder by method label: those in its ``results.json`` and
     any other in its ``runs/*.json``. A folder's runs may come from several `compare` calls
@@ -97,12 +112,7 @@ def _runs(folders: list[Path], loaded: list[Results]) -> dict[str, list[MethodRu
     folder's last call, seeds ascending."""
     out: dict[str, list[MethodRun]] = {}
     for folder, res in zip(folders, loaded, strict=True):
-        found = list(res.runs)
-        seen = {(r.method, r.seed) for r in found}
-        for f in sorted((folder / "runs").glob("*.json")):
-            run = MethodRun.from_dict(json.loads(f.read_text()))
-            if (run.method, run.seed) not in seen:
-                found.append(run)
+        found = _with_files(res.runs, folder / "runs", MethodRun.from_dict)
         order = {m: i for i, m in enumerate(res.methods)}
         found.sort(key=lambda r: (order.get(r.method, len(order)), r.method, r.seed))
         for run in found:
@@ -135,12 +145,11 @@ def summarize_group(name: str, folders: list[Path]) -> list[str]:
             cells += [_fmt([_metric(r, k, s) for r in rs]) for k, _ in columns]
             rows.append(cells)
     lines += _table(["method", "seeds", *(t for _, t in columns)], rows)
-    failed = {(f.method, f.seed): f for res in loaded for f in res.failed}
-    for folder in folders:  # records of earlier calls with other method lists
-        for path in sorted((folder / "failed").glob("*.json")):
-            f = FailedRun.from_dict(json.loads(path.read_text()))
-            failed.setdefault((f.method, f.seed), f)
-    failed = list(failed.values())
+    failed = [
+        f
+        for folder, res in zip(folders, loaded, strict=True)
+        for f in _with_files(res.failed, folder / "failed", FailedRun.from_dict)
+    ]
     if failed:
         lines += ["", "Failed (training diverged; not in the means):", ""]
         lines += [f"- {f.method}, seed {f.seed}: {f.error}" for f in failed]

@@ -515,8 +515,11 @@ def compare(
                     f"{path} was made under another configuration or other options for "
                     f"{spec.label!r}; use another output_dir, or resume=False to start again"
                 )
-        elif resume and failed_path.is_file() and _failure(failed_path).fingerprint == expected:
-            failure = _failure(failed_path)
+        elif (
+            resume
+            and failed_path.is_file()
+            and (failure := _failure(failed_path)).fingerprint == expected
+        ):
             results.failed.append(failure)
             results.save()
             warnings.warn(
