@@ -32,7 +32,10 @@ CLASSIFICATION = (
     ("auroc_error", "AUROC error ↑"),
     ("mean_epistemic", "epistemic (nats)"),
 )
-OOD = (("auroc_ood_epistemic", "AUROC OOD (epistemic) ↑"),)
+OOD = (
+    ("auroc_ood_total", "AUROC OOD (total) ↑"),
+    ("auroc_ood_epistemic", "AUROC OOD (epistemic) ↑"),
+)
 REGRESSION = (
     ("mae", "MAE ↓"),
     ("nll", "NLL ↓"),
