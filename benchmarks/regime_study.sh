@@ -99,8 +99,10 @@ text)
   wait
   ;;
 llm)
-  # the paper's commonsense protocol on offline data: no new head, letters scored, one seed;
-  # BaLoRA's lever is the text study's (a screen here would cost four more SmolLM2 runs)
+  # the paper's commonsense protocol on offline data: no new head, letters scored; BaLoRA and
+  # LoRA (+ temperature, which shares LoRA's training) over the seeds first, every other method
+  # with seed 0 (about an hour of training per run on one core). BaLoRA's lever is the text
+  # study's (a screen here would cost four more SmolLM2 runs)
   common=(--task multiple-choice --dataset rotten_tomatoes --max-train "$(quick 640 16)"
           --max-eval "$(quick 200 8)" --max-length 96 --batch-size 4 --epochs 100
           --max-steps "$(quick 1000 4)" --checkpoint last --lr 1e-4 --members "$(quick 3 2)"
@@ -110,12 +112,15 @@ llm)
     "$selection")
   lane 1 && (
     # shellcheck disable=SC2086
+    compare "$out/lm/balora" "${SEEDS[@]}" -- "${common[@]}" --methods balora "${GRID[@]}" $lever
+    # shellcheck disable=SC2086
     compare "$out/lm/balora" 0 -- "${common[@]}" --methods balora balora_constant \
       "${GRID[@]}" $lever
     compare "$out/lm/ensemble" 0 -- "${common[@]}" --methods ensemble
   ) > "$out/lane1.log" 2>&1 &
   lane 2 && (  # LoRA and LoRA + temperature scaling first: BaLoRA's references
-    compare "$out/lm/baselines" 0 -- "${common[@]}" --methods lora lora_ts "${BASE_GRID[@]}"
+    compare "$out/lm/baselines" "${SEEDS[@]}" -- "${common[@]}" --methods lora lora_ts \
+      "${BASE_GRID[@]}"
     compare "$out/lm/baselines" 0 -- "${common[@]}" --methods lora lora_ts mc_dropout blob \
       "${BASE_GRID[@]}"
     laplace "$out/lm/laplace" 0 -- "${common[@]}" "${BASE_GRID[@]}"

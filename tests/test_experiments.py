@@ -29,6 +29,7 @@ from balora.experiments.measure import PeakMemoryMeter
 from balora.experiments.specs import resolve_methods
 from balora.io import finite_or_none, write_json
 from balora.methods import METHODS, TrainConfig
+from balora.methods import training as training_module
 from balora.predict import Prediction
 from tests.conftest import MLP
 
@@ -307,6 +308,30 @@ def test_resume_false_starts_again(done, tmp_path, monkeypatch):
     assert calls == [("lora", 0)]
     assert [p.name for p in (out / "runs").iterdir()] == ["lora__seed0.json"]
     assert Results.load(out).config["train"]["epochs"] == 2 == len(res.run("lora", 0).history)
+
+
+@pytest.mark.parametrize(
+    ("order", "save_every"), [(["lora", "lora_ts"], None), (["lora_ts", "lora"], 3)]
+)
+def test_lora_ts_shares_the_lora_training(tmp_path, monkeypatch, order, save_every):
+    """lora_ts is LoRA's training plus a temperature: in one comparison with lora, one training
+    serves both (whichever runs first), with exactly the result lora_ts gets on its own."""
+    steps = []
+    original = training_module._Loop.optimise
+    monkeypatch.setattr(
+        training_module._Loop, "optimise", lambda loop, b: steps.append(1) or original(loop, b)
+    )
+    kwargs = dict(seeds=(0,), ood=None, plots=False, save_every=save_every)
+    shared = run_compare(tmp_path / "shared", methods=order, **kwargs)
+    shared_steps = len(steps)
+    alone = run_compare(tmp_path / "alone", methods=["lora_ts"], **kwargs)
+    assert shared_steps == len(steps) - shared_steps == shared.run("lora", 0).steps  # once
+    for a, b in [(shared.run("lora_ts", 0), alone.run("lora_ts", 0))]:
+        assert a.history == b.history  # the temperature included
+        assert a.evaluations[0].metrics == b.evaluations[0].metrics
+    lora = shared.run("lora", 0).evaluations[0].metrics
+    assert lora["accuracy"] == shared.run("lora_ts", 0).evaluations[0].metrics["accuracy"]
+    assert not list((tmp_path / "shared" / "states").glob("*"))  # the shared state is removed
 
 
 def test_a_diverged_run_is_recorded_and_the_others_go_on(tmp_path, monkeypatch):

@@ -23,6 +23,7 @@ import gc
 import json
 import os
 import random
+import sys
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -68,7 +69,7 @@ from balora.experiments.results import (
 from balora.experiments.specs import MethodSpec, resolve_methods, slug
 from balora.inject import get_adapter, has_adapter, last_alpha
 from balora.io import write_json
-from balora.methods import Method, Resume, TrainConfig, make_method
+from balora.methods import METHODS, Method, Resume, TrainConfig, make_method
 from balora.predict import Prediction, predict_batched, stream_seed
 
 DEFAULT_NUM_SAMPLES: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
@@ -213,10 +214,39 @@ class _Context:
     progress: bool
     diagnostics: int
     save_every: int | None
+    specs: list[MethodSpec]
 
 
 def _run_path(out: Path, spec: MethodSpec, seed: int) -> Path:
     return out / RUNS_DIR / f"{slug(spec.label or spec.name)}__seed{seed}.json"
+
+
+def _trains_as(spec: MethodSpec) -> str:
+    return METHODS[spec.name].trains_as or spec.name
+
+
+def _resume_for(ctx: _Context, spec: MethodSpec, seed: int) -> Resume | None:
+    """Where `spec`'s training state goes: its own file with `save_every`; and a file shared
+    with the entries that train exactly as it does (``lora_ts`` is ``lora``'s training plus a
+    temperature): the first of them to run trains and keeps its finished state, the others
+    load it, the last removes it. The owner of a shared state is the entry that is the
+    training's own method (``lora``), so that its interrupted state resumes either way."""
+    twins = [
+        s for s in ctx.specs if _trains_as(s) == _trains_as(spec) and s.options == spec.options
+    ]
+    pending = [
+        s for s in twins if s is not spec and not _run_path(ctx.output_dir, s, seed).is_file()
+    ]
+    if ctx.save_every is None and len(twins) == 1:
+        return None
+    owner = next((s for s in twins if s.name == _trains_as(spec)), twins[0])
+    stem = _run_path(ctx.output_dir, owner, seed).stem
+    return Resume(
+        ctx.output_dir / STATES_DIR / f"{stem}.pt",
+        ctx.save_every or sys.maxsize,  # without save_every: only the finished state is written
+        keep=bool(pending),
+        key=_run_fingerprint(ctx.fingerprint, owner, seed),
+    )
 
 
 def _make(ctx: _Context, spec: MethodSpec, seed: int) -> Method:
@@ -238,15 +268,13 @@ def _run_one(ctx: _Context, spec: MethodSpec, seed: int) -> tuple[MethodRun, dic
     method = _make(ctx, spec, seed)
     meter = PeakMemoryMeter(ctx.device)
     meter.start()
+    resume = _resume_for(ctx, spec, seed)
     with Stopwatch(ctx.device) as fit_time:
         # the only look at data: train and val; with `save_every`, resumable mid-run
-        resume = None
-        if ctx.save_every is not None:
-            stem = _run_path(ctx.output_dir, spec, seed).stem
-            key = _run_fingerprint(ctx.fingerprint, spec, seed)
-            resume = Resume(ctx.output_dir / STATES_DIR / f"{stem}.pt", ctx.save_every, key=key)
         report = method.fit(ctx.train, ctx.val, resume=resume)
     train_bytes = meter.stop()
+    if resume is not None and not resume.keep:  # a shared training served its last user
+        resume.path.unlink(missing_ok=True)
 
     # The method is fixed from here on; the test (and OOD) data are used for evaluation only.
     bs = ctx.eval_batch_size
@@ -467,6 +495,7 @@ def compare(
         progress=progress,
         diagnostics=diagnostics,
         save_every=save_every,
+        specs=specs,
     )
     for spec in specs:  # fail on bad options or unsupported combinations before any training
         _make(ctx, spec, seed_list[0])

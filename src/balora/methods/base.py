@@ -38,6 +38,9 @@ class Method:
     name: ClassVar[str] = ""
     stochastic: ClassVar[bool] = True
     """Whether `predict` depends on the number of samples."""
+    trains_as: ClassVar[str | None] = None
+    """The method whose training this one repeats exactly (same loop, model and seed) before
+    its own post-processing; `compare` trains such a pair once and lets both use it."""
 
     def __init__(
         self,

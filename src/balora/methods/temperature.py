@@ -52,6 +52,7 @@ class TemperatureScaledLoRA(LoRA):
 
     name = "lora_ts"
     stochastic = False
+    trains_as = "lora"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
