@@ -334,6 +334,32 @@ def test_lora_ts_shares_the_lora_training(tmp_path, monkeypatch, order, save_eve
     assert not list((tmp_path / "shared" / "states").glob("*"))  # the shared state is removed
 
 
+@pytest.mark.parametrize("method", ["balora", ("ensemble", {"members": 2})])
+def test_a_comparison_stopped_while_evaluating_does_not_train_again(tmp_path, monkeypatch, method):
+    """With save_every, the finished training state stays until the run is written."""
+    steps = []
+    original = training_module._Loop.optimise
+    monkeypatch.setattr(
+        training_module._Loop, "optimise", lambda loop, b: steps.append(1) or original(loop, b)
+    )
+
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    kwargs = dict(methods=[method], seeds=(0,), plots=False, save_every=4)
+    with monkeypatch.context() as m:
+        m.setattr(runner_module, "predict_batched", stop)
+        with pytest.raises(KeyboardInterrupt):
+            run_compare(tmp_path, **kwargs)
+    trained = len(steps)
+    assert trained > 0
+    assert list((tmp_path / "states").glob("*.pt"))
+    res = run_compare(tmp_path, **kwargs)
+    assert len(steps) == trained  # the second call only evaluated
+    assert res.runs[0].steps == trained  # an ensemble reports its members' steps together
+    assert not list((tmp_path / "states").glob("*"))
+
+
 def test_a_diverged_run_is_recorded_and_the_others_go_on(tmp_path, monkeypatch):
     out = tmp_path / "out"
     calls = counting(monkeypatch)

@@ -225,18 +225,20 @@ def _trains_as(spec: MethodSpec) -> str:
     return METHODS[spec.name].trains_as or spec.name
 
 
+def _twins(ctx: _Context, spec: MethodSpec) -> list[MethodSpec]:
+    """The entries that train exactly as `spec` does (itself included): ``lora_ts`` is
+    ``lora``'s training plus a temperature."""
+    return [s for s in ctx.specs if _trains_as(s) == _trains_as(spec) and s.options == spec.options]
+
+
 def _resume_for(ctx: _Context, spec: MethodSpec, seed: int) -> Resume | None:
-    """Where `spec`'s training state goes: its own file with `save_every`; and a file shared
-    with the entries that train exactly as it does (``lora_ts`` is ``lora``'s training plus a
-    temperature): the first of them to run trains and keeps its finished state, the others
-    load it, the last removes it. The owner of a shared state is the entry that is the
-    training's own method (``lora``), so that its interrupted state resumes either way."""
-    twins = [
-        s for s in ctx.specs if _trains_as(s) == _trains_as(spec) and s.options == spec.options
-    ]
-    pending = [
-        s for s in twins if s is not spec and not _run_path(ctx.output_dir, s, seed).is_file()
-    ]
+    """Where `spec`'s training state goes: its own file with `save_every`, and a file shared
+    with its twins (`_twins`): the first of them to run trains, the others load its finished
+    state. The owner of a shared state is the entry that is the training's own method
+    (``lora``), so that an interrupted state resumes either way. A finished state is kept
+    until the run's results are written (`_release_state`): a comparison stopped during the
+    evaluation does not train again."""
+    twins = _twins(ctx, spec)
     if ctx.save_every is None and len(twins) == 1:
         return None
     owner = next((s for s in twins if s.name == _trains_as(spec)), twins[0])
@@ -244,9 +246,22 @@ def _resume_for(ctx: _Context, spec: MethodSpec, seed: int) -> Resume | None:
     return Resume(
         ctx.output_dir / STATES_DIR / f"{stem}.pt",
         ctx.save_every or sys.maxsize,  # without save_every: only the finished state is written
-        keep=bool(pending),
+        keep=True,
         key=_run_fingerprint(ctx.fingerprint, owner, seed),
     )
+
+
+def _release_state(ctx: _Context, spec: MethodSpec, seed: int) -> None:
+    """Remove the training state of a written run once no twin still needs it (an
+    ensemble's members' states too)."""
+    resume = _resume_for(ctx, spec, seed)
+    if resume is None or any(
+        not _run_path(ctx.output_dir, s, seed).is_file() for s in _twins(ctx, spec)
+    ):
+        return
+    resume.path.unlink(missing_ok=True)
+    for path in resume.path.parent.glob(f"{resume.path.stem}.member*{resume.path.suffix}"):
+        path.unlink(missing_ok=True)
 
 
 def _make(ctx: _Context, spec: MethodSpec, seed: int) -> Method:
@@ -273,8 +288,6 @@ def _run_one(ctx: _Context, spec: MethodSpec, seed: int) -> tuple[MethodRun, dic
         # the only look at data: train and val; with `save_every`, resumable mid-run
         report = method.fit(ctx.train, ctx.val, resume=resume)
     train_bytes = meter.stop()
-    if resume is not None and not resume.keep:  # a shared training served its last user
-        resume.path.unlink(missing_ok=True)
 
     # The method is fixed from here on; the test (and OOD) data are used for evaluation only.
     bs = ctx.eval_batch_size
@@ -574,6 +587,7 @@ def compare(
             write_npz(out / run.arrays, arrays)
             write_json(path, run.to_dict())
             failed_path.unlink(missing_ok=True)
+            _release_state(ctx, spec, seed)
         results.runs.append(run)
         results.save()
     bar.close()
