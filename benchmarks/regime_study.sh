@@ -106,7 +106,7 @@ llm)
   common=(--task multiple-choice --dataset rotten_tomatoes --max-train "$(quick 640 16)"
           --max-eval "$(quick 200 8)" --max-length 96 --batch-size 4 --epochs 100
           --max-steps "$(quick 1000 4)" --checkpoint last --lr 1e-4 --members "$(quick 3 2)"
-          --save-every 100)
+          --save-every 100 --test-diagnostics 32)  # 200 questions in one batch: 11 GB, 20 min
   selection=${2:-runs/regime}/text/screen/selection.json
   lever=$(python -c "import json,sys; print(' '.join(json.load(open(sys.argv[1]))['options']))" \
     "$selection")

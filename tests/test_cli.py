@@ -205,7 +205,7 @@ def test_quick_demo_runs_end_to_end(tmp_path, capsys):
     """The demo's code path on the real offline MiniLM and Rotten Tomatoes, at a tiny budget."""
     assert main(["demo", "--quick", "-o", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    for method in ("lora", "mc_dropout", "balora"):
+    for method in ("lora", "lora_ts", "balora"):
         assert f"| {method} |" in out
     for name in ("results.json", "results.md", "reliability.png", "metrics_vs_samples.png"):
         assert (tmp_path / name).stat().st_size > 0
@@ -267,8 +267,22 @@ def test_full_demo(tmp_path, capsys):
     """`balora demo` at its real budget (minutes on 2 cores; run with -m slow)."""
     assert main(["demo", "-o", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "| balora | 8 |" in out
+    assert "| balora | 10 |" in out
     assert (tmp_path / "results.json").is_file()
+
+
+def test_compare_test_diagnostics_option(tiny_model_dir, csv_file, tmp_path, capsys):
+    """--test-diagnostics sets how many test examples the runs' noise diagnostics use."""
+    from balora.experiments import Results
+
+    argv = ["compare", "--methods", "balora", "--num-samples", "2"]
+    argv += _common(tiny_model_dir, csv_file)
+    assert main([*argv, "-o", str(tmp_path / "bad"), "--test-diagnostics", "-1"]) == 2
+    assert "diagnostics must be an integer >= 0" in capsys.readouterr().err
+    assert main([*argv, "-o", str(tmp_path / "off"), "--test-diagnostics", "0"]) == 0
+    assert Results.load(tmp_path / "off").runs[0].noise is None
+    assert main([*argv, "-o", str(tmp_path / "on"), "--test-diagnostics", "4"]) == 0
+    assert Results.load(tmp_path / "on").runs[0].noise["layers"]
 
 
 def test_compare_on_validation_and_a_resumable_train(tiny_model_dir, csv_file, tmp_path):

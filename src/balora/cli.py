@@ -188,9 +188,19 @@ def build_parser(task: str = "text") -> argparse.ArgumentParser:
         help="where the metrics come from: the test split, or the validation split to choose "
         "options without looking at test data (no OOD set then) (default: test)",
     )
+    p.add_argument(
+        "--test-diagnostics",
+        type=int,
+        default=256,
+        metavar="N",
+        help="test examples, taken as one batch, on which each run's noise diagnostics are "
+        "recorded (0: none; lower it for large models) (default: 256)",
+    )
     _common_training_options(p, methods=False, task=task)
 
-    p = sub.add_parser("demo", help="LoRA vs MC dropout vs BaLoRA on the offline text task")
+    p = sub.add_parser(
+        "demo", help="LoRA, LoRA + temperature scaling and BaLoRA on the offline text task"
+    )
     p.add_argument(
         "--output",
         "-o",

@@ -464,6 +464,8 @@ def compare(
         or eval_batch_size < 1
     ):
         raise ValueError(f"eval_batch_size must be a positive integer, got {eval_batch_size!r}")
+    if isinstance(diagnostics, bool) or not isinstance(diagnostics, int) or diagnostics < 0:
+        raise ValueError(f"diagnostics must be an integer >= 0, got {diagnostics!r}")
     specs = resolve_methods(methods)
     seed_list = _check_positive_ints("seeds", seeds, 0)
     s_list = sorted(_check_positive_ints("num_samples", num_samples, 1))
