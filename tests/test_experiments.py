@@ -250,6 +250,16 @@ def counting(monkeypatch) -> list[tuple[str, int]]:
     return calls
 
 
+def counting_steps(monkeypatch) -> list[int]:
+    """One entry per optimisation step taken by any training loop."""
+    steps: list[int] = []
+    original = training_module._Loop.optimise
+    monkeypatch.setattr(
+        training_module._Loop, "optimise", lambda loop, b: steps.append(1) or original(loop, b)
+    )
+    return steps
+
+
 def test_resume_skips_finished_runs(done, tmp_path, monkeypatch):
     out = tmp_path / "out"
     shutil.copytree(done.output_dir, out)
@@ -316,19 +326,15 @@ def test_resume_false_starts_again(done, tmp_path, monkeypatch):
 def test_lora_ts_shares_the_lora_training(tmp_path, monkeypatch, order, save_every):
     """lora_ts is LoRA's training plus a temperature: in one comparison with lora, one training
     serves both (whichever runs first), with exactly the result lora_ts gets on its own."""
-    steps = []
-    original = training_module._Loop.optimise
-    monkeypatch.setattr(
-        training_module._Loop, "optimise", lambda loop, b: steps.append(1) or original(loop, b)
-    )
+    steps = counting_steps(monkeypatch)
     kwargs = dict(seeds=(0,), ood=None, plots=False, save_every=save_every)
     shared = run_compare(tmp_path / "shared", methods=order, **kwargs)
     shared_steps = len(steps)
     alone = run_compare(tmp_path / "alone", methods=["lora_ts"], **kwargs)
     assert shared_steps == len(steps) - shared_steps == shared.run("lora", 0).steps  # once
-    for a, b in [(shared.run("lora_ts", 0), alone.run("lora_ts", 0))]:
-        assert a.history == b.history  # the temperature included
-        assert a.evaluations[0].metrics == b.evaluations[0].metrics
+    a, b = shared.run("lora_ts", 0), alone.run("lora_ts", 0)
+    assert a.history == b.history  # the temperature included
+    assert a.evaluations[0].metrics == b.evaluations[0].metrics
     lora = shared.run("lora", 0).evaluations[0].metrics
     assert lora["accuracy"] == shared.run("lora_ts", 0).evaluations[0].metrics["accuracy"]
     assert not list((tmp_path / "shared" / "states").glob("*"))  # the shared state is removed
@@ -337,11 +343,7 @@ def test_lora_ts_shares_the_lora_training(tmp_path, monkeypatch, order, save_eve
 @pytest.mark.parametrize("method", ["balora", ("ensemble", {"members": 2})])
 def test_a_comparison_stopped_while_evaluating_does_not_train_again(tmp_path, monkeypatch, method):
     """With save_every, the finished training state stays until the run is written."""
-    steps = []
-    original = training_module._Loop.optimise
-    monkeypatch.setattr(
-        training_module._Loop, "optimise", lambda loop, b: steps.append(1) or original(loop, b)
-    )
+    steps = counting_steps(monkeypatch)
 
     def stop(*args, **kwargs):
         raise KeyboardInterrupt
