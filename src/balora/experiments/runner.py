@@ -70,6 +70,7 @@ from balora.experiments.specs import MethodSpec, resolve_methods, slug
 from balora.inject import get_adapter, has_adapter, last_alpha
 from balora.io import write_json
 from balora.methods import METHODS, Method, Resume, TrainConfig, make_method
+from balora.methods.adapters import member_states
 from balora.predict import Prediction, predict_batched, stream_seed
 
 DEFAULT_NUM_SAMPLES: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
@@ -260,7 +261,7 @@ def _release_state(ctx: _Context, spec: MethodSpec, seed: int) -> None:
     ):
         return
     resume.path.unlink(missing_ok=True)
-    for path in resume.path.parent.glob(f"{resume.path.stem}.member*{resume.path.suffix}"):
+    for path in member_states(resume.path):
         path.unlink(missing_ok=True)
 
 

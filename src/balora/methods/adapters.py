@@ -176,8 +176,13 @@ class FullFineTune(Method):
         return self
 
 
-def _member_path(path: Path, m: int) -> Path:
+def _member_path(path: Path, m: int | str) -> Path:
     return path.with_name(f"{path.stem}.member{m}{path.suffix}")
+
+
+def member_states(path: Path) -> list[Path]:
+    """The ensemble members' training states kept beside the state `path` (see `Ensemble.fit`)."""
+    return sorted(path.parent.glob(_member_path(path, "*").name))
 
 
 class Ensemble(Method):
