@@ -110,8 +110,8 @@ llm)
   selection=${2:-runs/regime}/text/screen/selection.json
   lever=$(python -c "import json,sys; print(' '.join(json.load(open(sys.argv[1]))['options']))" \
     "$selection")
-  # BaLoRA's curve stops at S = 10 here: one pass over the 200 questions takes about 70 s on
-  # one thread, so S = 1, 4, 10, 32, 64 would cost two hours per run
+  # every sampling method's curve stops at S = 10 here: one pass over the 200 questions takes
+  # about 70 s on one thread, so S = 1, 4, 10, 32, 64 would cost two hours per run
   GRID=(--num-samples 1 4 10)
   lane 1 && (
     # shellcheck disable=SC2086
@@ -124,9 +124,9 @@ llm)
   lane 2 && (  # LoRA and LoRA + temperature scaling first: BaLoRA's references
     compare "$out/lm/baselines" "${SEEDS[@]}" -- "${common[@]}" --methods lora lora_ts \
       "${BASE_GRID[@]}"
-    compare "$out/lm/baselines" 0 -- "${common[@]}" --methods lora lora_ts mc_dropout blob \
-      "${BASE_GRID[@]}"
-    laplace "$out/lm/laplace" 0 -- "${common[@]}" "${BASE_GRID[@]}"
+    # the other sampling methods get BaLoRA's grid (S = 32: 32 more passes of about a minute)
+    compare "$out/lm/sampling" 0 -- "${common[@]}" --methods mc_dropout blob "${GRID[@]}"
+    laplace "$out/lm/laplace" 0 -- "${common[@]}" "${GRID[@]}"
   ) > "$out/lane2.log" 2>&1 &
   wait
   ;;
