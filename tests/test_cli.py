@@ -205,7 +205,7 @@ def test_quick_demo_runs_end_to_end(tmp_path, capsys):
     """The demo's code path on the real offline MiniLM and Rotten Tomatoes, at a tiny budget."""
     assert main(["demo", "--quick", "-o", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    for method in ("lora", "mc_dropout", "balora"):
+    for method in ("lora", "lora_ts", "balora"):
         assert f"| {method} |" in out
     for name in ("results.json", "results.md", "reliability.png", "metrics_vs_samples.png"):
         assert (tmp_path / name).stat().st_size > 0
@@ -267,7 +267,7 @@ def test_full_demo(tmp_path, capsys):
     """`balora demo` at its real budget (minutes on 2 cores; run with -m slow)."""
     assert main(["demo", "-o", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "| balora | 8 |" in out
+    assert "| balora | 10 |" in out
     assert (tmp_path / "results.json").is_file()
 
 

@@ -198,7 +198,9 @@ def build_parser(task: str = "text") -> argparse.ArgumentParser:
     )
     _common_training_options(p, methods=False, task=task)
 
-    p = sub.add_parser("demo", help="LoRA vs MC dropout vs BaLoRA on the offline text task")
+    p = sub.add_parser(
+        "demo", help="LoRA, LoRA + temperature scaling and BaLoRA on the offline text task"
+    )
     p.add_argument(
         "--output",
         "-o",
