@@ -7,6 +7,7 @@ import functools
 import json
 import math
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ import balora
 from balora.dataset import Data
 from balora.experiments import (
     AlphaSummary,
+    MethodRun,
     MethodSpec,
     Results,
     StaleResultsError,
@@ -133,6 +135,11 @@ def test_artifacts_exist_and_are_well_formed(done):
         assert run["train_seconds"] > 0
         assert run["trainable_parameters"] > 0
         assert run["peak_memory"]["kind"] == "cpu_peak_rss_increase"
+        env = run["environment"]
+        assert env["torch"] == torch.__version__
+        assert env["device"] == "cpu"
+        assert env["threads"] == torch.get_num_threads()
+        assert env["cpu"]
         for ev in run["evaluations"]:
             assert ev["predict_seconds"] > 0
             for key, value in ev["metrics"].items():
@@ -143,6 +150,7 @@ def test_artifacts_exist_and_are_well_formed(done):
     for method in METHODS:
         assert f"| {method} |" in md
     assert "AUROC OOD (epistemic)" in md
+    assert "## Environments" not in md  # every run computed here
     for name in PLOTS:
         png = (out / name).read_bytes()
         assert png[:8] == b"\x89PNG\r\n\x1a\n", name
@@ -500,6 +508,21 @@ def test_method_labels():
     assert spec.constructor_options() == {}
 
 
+def test_runs_from_another_environment_are_listed(done):
+    """A folder whose runs come from two machines (or from files written before the
+    environment was recorded) says which run was computed where."""
+    runs = [replace(r, environment=None) if r.seed == 1 else r for r in done.runs]
+    md = replace(done, runs=runs).markdown()
+    section = md.split("## Environments", 1)[1]
+    here = next(r for r in done.runs if r.seed == 0).environment
+    assert f"torch {here['torch']}" in section
+    assert "| not recorded | " + ", ".join(f"{m}/1" for m in done.methods) + " |" in section
+    reloaded = MethodRun.from_dict(
+        {k: v for k, v in runs[0].to_dict().items() if k != "environment"}
+    )
+    assert reloaded.environment is None  # results.json written before the field existed
+
+
 def test_alpha_summary_and_memory_meter():
     a = AlphaSummary.of(np.arange(101.0))
     assert (a.min, a.q05, a.q50, a.q95, a.max, a.spread) == (0, 5, 50, 95, 100, 100)
@@ -535,6 +558,7 @@ def test_runs_on_cuda(tmp_path):
         assert run.peak_memory.train_bytes > 0
         assert run.peak_memory.predict_bytes > 0
     assert res.config["device"] == "cuda"
+    assert res.run("balora", 0).environment["gpu"] == torch.cuda.get_device_name()
     assert res.run("balora", 0).alpha is not None
 
 

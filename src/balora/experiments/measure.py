@@ -5,18 +5,25 @@ there is no allocator counter for every tensor, so the peak is the process's res
 Linux keeps its high-water mark (``VmHWM`` in ``/proc/self/status``) and resets it to the current
 RSS when ``5`` is written to ``/proc/self/clear_refs``; the phase's figure is the high-water mark
 at its end minus the RSS at its start. Elsewhere (or without permission) the CPU figure is None.
+
+`environment` records where a run was computed: a seeded run is repeatable on one machine, but
+another CPU's kernels (e.g. AVX512 against AVX2) round differently, and a long training amplifies
+that into a different model.
 """
 
 from __future__ import annotations
 
+import platform
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from balora.experiments.results import MemoryKind
 
 _STATUS = Path("/proc/self/status")
+_CPUINFO = Path("/proc/cpuinfo")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
 
 
@@ -88,3 +95,31 @@ class Stopwatch:
         if self.cuda:
             torch.cuda.synchronize(self.device)
         self.seconds = time.perf_counter() - self._start
+
+
+def _cpu_model() -> str:
+    try:
+        for line in _CPUINFO.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    """Where a run is computed: library versions, the processor, the kernels torch chose for
+    it (``cpu_capability``: AVX512, AVX2, ...), the thread count and the device (with the GPU's
+    name on CUDA)."""
+    env: dict[str, Any] = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "cpu": _cpu_model(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "threads": torch.get_num_threads(),
+        "device": str(device),
+    }
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+    return env

@@ -177,6 +177,8 @@ class MethodRun:
     evaluation at the largest S (for the plots). `best_step`: the step of the weights kept
     (``TrainConfig.checkpoint``). `noise`: `balora.noise_diagnostics` on the first test
     examples once training ended; each history record carries them on validation data too.
+    `environment`: where the run was computed (`balora.experiments.measure.environment`;
+    None in files written before it was recorded).
     """
 
     method: str
@@ -197,6 +199,7 @@ class MethodRun:
     arrays: str | None = None
     best_step: int | None = None
     noise: dict[str, Any] | None = None
+    environment: dict[str, Any] | None = None
 
     def at(self, num_samples: int) -> Evaluation:
         """The evaluation at `num_samples` (the single one of a method that does not sample)."""
@@ -242,6 +245,7 @@ class MethodRun:
             arrays=data.get("arrays"),
             best_step=data.get("best_step"),
             noise=data.get("noise"),
+            environment=data.get("environment"),
         )
 
 
@@ -532,7 +536,37 @@ def markdown_report(results: Results) -> str:
             [[f.method, str(f.seed), f.error.replace("|", "\\|")] for f in results.failed],
         )
         lines += [""]
+    lines += _environments(results)
     return "\n".join(lines)
+
+
+def _environment_label(env: Mapping[str, Any] | None) -> str:
+    if env is None:
+        return "not recorded"
+    where = env.get("gpu") or f"{env.get('cpu')} ({env.get('cpu_capability')})"
+    return f"torch {env.get('torch')}, {where}, {env.get('threads')} thread(s)"
+
+
+def _environments(results: Results) -> list[str]:
+    """A section listing which runs were computed where, when the folder's runs come from more
+    than one environment (their differences are then not the seed's alone)."""
+    groups: dict[str, list[str]] = {}
+    for r in results.runs:
+        groups.setdefault(_environment_label(r.environment), []).append(f"{r.method}/{r.seed}")
+    if len(groups) < 2:
+        return []
+    lines = [
+        "## Environments",
+        "",
+        "These runs were computed in more than one environment; a seeded run repeats exactly "
+        "only in the same one (other kernels round differently, and long training amplifies "
+        "it).",
+        "",
+    ]
+    lines += _table(
+        ["environment", "runs (method/seed)"], [[k, ", ".join(v)] for k, v in groups.items()]
+    )
+    return [*lines, ""]
 
 
 # ── array files ─────────────────────────────────────────────────────────────────────────────

@@ -54,7 +54,7 @@ from balora.experiments.fingerprint import (
     inspect_model,
     tensors_of,
 )
-from balora.experiments.measure import PeakMemoryMeter, Stopwatch
+from balora.experiments.measure import PeakMemoryMeter, Stopwatch, environment
 from balora.experiments.results import (
     RESULTS_JSON,
     RESULTS_MD,
@@ -348,6 +348,7 @@ def _run_one(ctx: _Context, spec: MethodSpec, seed: int) -> tuple[MethodRun, dic
         arrays=f"{ARRAYS_DIR}/{run_path.stem}.npz",
         best_step=report.best_step,
         noise=noise,
+        environment=environment(ctx.device),
     )
     del method
     if ctx.device.type == "cuda":  # give the memory back before the next run is measured
