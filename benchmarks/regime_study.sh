@@ -5,6 +5,7 @@
 #
 #   bash benchmarks/regime_study.sh text   [OUT]   # MiniLM, 640 Rotten Tomatoes snippets
 #   bash benchmarks/regime_study.sh llm    [OUT]   # SmolLM2-135M scores "A. negative / B. positive"
+#   bash benchmarks/regime_study.sh llm-screen [OUT]  # BaLoRA's lever on the LLM's validation split
 #   bash benchmarks/regime_study.sh vision [OUT]   # EfficientNet-Lite0, 1,000 Fashion-MNIST images
 #   bash benchmarks/regime_study.sh mof    [OUT]   # CGCNN, the 673 training MOFs
 #
@@ -14,8 +15,8 @@
 # interrupted study holds whole seeds. BaLoRA's options (the "lever") are chosen on the
 # validation split only: `--evaluate-on validation` screens, then benchmarks/regime_select.py.
 set -euo pipefail
-task=${1:?usage: regime_study.sh text|llm|vision|mof [OUT]}
-out=${2:-runs/regime}/$task
+task=${1:?usage: regime_study.sh text|llm|llm-screen|vision|mof [OUT]}
+out=${2:-runs/regime}/${task%-screen}  # llm-screen writes into the llm study's folder
 mkdir -p "$out"
 export OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error
 
@@ -45,17 +46,28 @@ laplace() {  # laplace FOLDER SEEDS... -- OPTIONS: its own folder, last in a lan
   compare "$folder" "$@" --methods laplace || echo "laplace in $folder: failed (see above)"
 }
 
-screen() {  # screen FOLDER OPTIONS... : BaLoRA's lever arms on the validation split
-  local folder=$1; shift  # $SCREEN_ARMS (space-separated) limits the arms; default: all
+screen_arms() {  # screen_arms FOLDER ARMS OPTIONS...: BaLoRA with each arm (space-separated
+  # names of benchmarks/regime_select.py; "": all) on the validation split, seed 0, S = 10
+  local folder=$1 wanted=$2; shift 2
   local arms
-  arms=$(SCREEN_ARMS="${SCREEN_ARMS:-}" python benchmarks/regime_select.py --list)
-  balora compare -o "$folder/lora" --methods lora --seeds 0 --evaluate-on validation \
-    "$@" --num-samples 10 --no-progress
+  arms=$(SCREEN_ARMS="$wanted" python benchmarks/regime_select.py --list)
   while IFS='=' read -r arm options; do
     # shellcheck disable=SC2086
     balora compare -o "$folder/$arm" --methods balora --seeds 0 --evaluate-on validation \
       "$@" $options --num-samples 10 --no-progress
   done <<< "$arms"
+}
+
+screen_lora() {  # screen_lora FOLDER OPTIONS...: the screen's reference, LoRA on validation
+  local folder=$1; shift
+  balora compare -o "$folder/lora" --methods lora --seeds 0 --evaluate-on validation \
+    "$@" --num-samples 10 --no-progress
+}
+
+screen() {  # screen FOLDER OPTIONS... : LoRA and BaLoRA's lever arms on the validation split,
+  local folder=$1; shift  # then the choice; $SCREEN_ARMS limits the arms (default: all)
+  screen_lora "$folder" "$@"
+  screen_arms "$folder" "${SCREEN_ARMS:-}" "$@"
   python benchmarks/regime_select.py "$folder" --at 10
 }
 
@@ -98,26 +110,48 @@ text)
   ) > "$out/lane2.log" 2>&1 &
   wait
   ;;
-llm)
+llm|llm-screen)
   # the paper's commonsense protocol on offline data: no new head, letters scored; BaLoRA and
   # LoRA (+ temperature, which shares LoRA's training) over the seeds first, every other method
-  # with seed 0 (about an hour of training per run on one core). BaLoRA's lever is the text
-  # study's (a screen here would cost four more SmolLM2 runs)
+  # with seed 0 (about an hour of training per run on one core)
   common=(--task multiple-choice --dataset rotten_tomatoes --max-train "$(quick 640 16)"
           --max-eval "$(quick 200 8)" --max-length 96 --batch-size 4 --epochs 100
           --max-steps "$(quick 1000 4)" --checkpoint last --lr 1e-4 --members "$(quick 3 2)"
           --save-every 100 --test-diagnostics 32)  # 200 questions in one batch: 11 GB, 20 min
-  selection=${2:-runs/regime}/text/screen/selection.json
-  lever=$(python -c "import json,sys; print(' '.join(json.load(open(sys.argv[1]))['options']))" \
-    "$selection")
+  if [ "$task" = llm-screen ]; then
+    # BaLoRA's lever on this task's own validation split (OUT/llm/screen; an hour per arm on
+    # one core): the text study's lever against weaker priors, two lanes
+    lane 1 && (
+      screen_lora "$out/screen" "${common[@]}"
+      screen_arms "$out/screen" "p0.1-element" "${common[@]}"
+    ) > "$out/screen_lane1.log" 2>&1 &
+    lane 2 && (
+      screen_arms "$out/screen" "p0.5-element-alphalr1e-3 p0.1-layer" "${common[@]}"
+    ) > "$out/screen_lane2.log" 2>&1 &
+    wait
+    python benchmarks/regime_select.py "$out/screen" --at 10
+    exit 0
+  fi
+  # BaLoRA's lever: the LLM screen's choice once `regime_study.sh llm-screen` has run, else the
+  # text study's; BaLoRA with another lever than the text study's gets its own folder
+  text_selection=${2:-runs/regime}/text/screen/selection.json
+  selection=$out/screen/selection.json
+  [ -s "$selection" ] || selection=$text_selection
+  read_selection() {
+    python -c "import json,sys; s=json.load(open(sys.argv[1])); print(s['selected'], *s['options'])" "$1"
+  }
+  read -r arm lever <<< "$(read_selection "$selection")"
+  read -r text_arm _ <<< "$(read_selection "$text_selection")"
+  balora_dir=$out/lm/balora
+  [ "$arm" = "$text_arm" ] || balora_dir=$out/lm/balora-$arm
   # every sampling method's curve stops at S = 10 here: one pass over the 200 questions takes
   # about 70 s on one thread, so S = 1, 4, 10, 32, 64 would cost two hours per run
   GRID=(--num-samples 1 4 10)
   lane 1 && (
     # shellcheck disable=SC2086
-    compare "$out/lm/balora" "${SEEDS[@]}" -- "${common[@]}" --methods balora "${GRID[@]}" $lever
+    compare "$balora_dir" "${SEEDS[@]}" -- "${common[@]}" --methods balora "${GRID[@]}" $lever
     # shellcheck disable=SC2086
-    compare "$out/lm/balora" 0 -- "${common[@]}" --methods balora balora_constant \
+    compare "$balora_dir" 0 -- "${common[@]}" --methods balora balora_constant \
       "${GRID[@]}" $lever
     compare "$out/lm/ensemble" 0 -- "${common[@]}" --methods ensemble
   ) > "$out/lane1.log" 2>&1 &
@@ -212,7 +246,7 @@ mof)
   wait
   ;;
 *)
-  echo "unknown task $task (text, llm, vision or mof)" >&2
+  echo "unknown task $task (text, llm, llm-screen, vision or mof)" >&2
   exit 2
   ;;
 esac
