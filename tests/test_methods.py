@@ -203,6 +203,27 @@ def test_only_the_intended_parameters_train(name):
         assert not torch.allclose(method.model.fc1.lora_A_rho, torch.full((4, 6), init))
 
 
+def test_gradient_clipping_keeps_the_kl_from_throttling_the_adapters():
+    # The KL's gradient reaches only the α parameters. Clipped in one norm with the adapters',
+    # a large one scaled the adapters' gradient down (1e-4 to 1e-5 on SmolLM2) and slowed their
+    # training; clipped per optimizer group, the adapters train the same whatever β is. α starts
+    # away from α_p (a KL gradient from the first step) and barely moves (the same noise).
+    train, _, _ = dataset("classification")
+    adapter = dataclasses.replace(ADAPTER, alpha_init=0.5)
+    weights = []
+    for beta in (1.0, 1e6):
+        budget = dataclasses.replace(TRAIN, epochs=2, kl_weight=beta, alpha_lr=1e-30)
+        method = make_method("balora", factory(3), "classification", adapter=adapter,
+                             train=budget, seed=0)  # fmt: skip
+        method.fit(train)
+        named = method.model.named_parameters()
+        weights.append({n: p.detach().clone() for n, p in named if p.requires_grad})
+    adapters = [name for name in weights[0] if "alpha" not in name]
+    assert len(adapters) < len(weights[0])  # α trains too (at a negligible rate)
+    for name in adapters:
+        torch.testing.assert_close(weights[1][name], weights[0][name], rtol=0, atol=0, msg=name)
+
+
 # -- BLoB ----------------------------------------------------------------------------------------
 def blob_holder(noise: str = "example", dtype=torch.float64):
     torch.manual_seed(0)

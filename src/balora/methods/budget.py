@@ -40,7 +40,8 @@ class TrainConfig:
     kl_warmup: float = 0.0
     """Fraction of the training steps over which β warms up linearly from 0."""
     grad_clip: float | None = 1.0
-    """Gradient-norm clipping (``None``: off)."""
+    """Gradient-norm clipping, per optimizer group (the adapters and heads; the α parameters),
+    so that the KL's gradient on α cannot scale the adapters' down (``None``: off)."""
     patience: int | None = None
     """Early stopping: validations (every epoch, or every eval_every steps) without
     improvement (``None``: train the whole budget)."""

@@ -147,8 +147,11 @@ class _Loop:
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip is not None:
-            params = [p for g in self.opt.param_groups for p in g["params"]]
-            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            # per optimizer group: the KL's gradient reaches only the α parameters and, summed
+            # over every element of A, can be 1e4 times the adapters' own; one joint norm scaled
+            # the adapters' gradient down with it and slowed their training (docs/regime.md)
+            for group in self.opt.param_groups:
+                torch.nn.utils.clip_grad_norm_(group["params"], cfg.grad_clip)
         self.opt.step()
         self.sums["nll"] += nll.item() * len(batch)
         self.sums["seen"] += len(batch)
