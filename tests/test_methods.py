@@ -205,7 +205,7 @@ def test_only_the_intended_parameters_train(name):
 
 def test_gradient_clipping_keeps_the_kl_from_throttling_the_adapters():
     # The KL's gradient reaches only the α parameters. Clipped in one norm with the adapters',
-    # a large one scaled the adapters' gradient down (1e-4 to 1e-5 on SmolLM2) and slowed their
+    # a large one scaled the adapters' gradient by 1e-5 to 1e-3 (SmolLM2) and slowed their
     # training; clipped per optimizer group, the adapters train the same whatever β is. α starts
     # away from α_p (a KL gradient from the first step) and barely moves (the same noise).
     train, _, _ = dataset("classification")
