@@ -12,9 +12,9 @@ docs/regime.md ("A flaw in BaLoRA's training"):
 from __future__ import annotations
 
 import argparse
-import math
 
 import torch
+from torch.nn.utils import get_total_norm
 
 from balora.cli import main
 
@@ -30,9 +30,7 @@ def _clip(params, max_norm, *args, **kwargs):
 
 def _step(self, *args, **kwargs):
     norms = [
-        math.sqrt(
-            sum(float((p.grad.double() ** 2).sum()) for p in g["params"] if p.grad is not None)
-        )
+        float(get_total_norm([p.grad for p in g["params"] if p.grad is not None]))
         for g in self.param_groups
     ]
     steps.append((list(clipped), norms))
@@ -53,7 +51,9 @@ if __name__ == "__main__":
     args = parser.parse_args()
     torch.nn.utils.clip_grad_norm_ = _clip
     torch.optim.AdamW.step = _step
-    main(["train", *[a for a in args.train_args if a != "--"]])
+    status = main(["train", *[a for a in args.train_args if a != "--"]])
+    if status:
+        raise SystemExit(status)
     print("step | norms clip_grad_norm_ saw | group norms after clipping (adapters, α)")
     for i, (seen, after) in enumerate(steps):
         if i % args.every == 0 or i == len(steps) - 1:
