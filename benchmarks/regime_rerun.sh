@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# The regime study's BaLoRA runs again after the gradient-clipping fix (commit a26c5ec; issue
+# 15, docs/regime.md). Only BaLoRA's training changed, so this reruns BaLoRA and
+# balora_constant, the lever screens of text and images, and, as same-machine references,
+# LoRA and LoRA + temperature scaling (a seeded run repeats exactly only on one machine).
+#
+#   mkdir -p runs/regime-fix/{text,vision}/screen
+#   cp -r runs/regime/text/screen/lora runs/regime-fix/text/screen/     # optional: LoRA's
+#   cp -r runs/regime/vision/screen/lora runs/regime-fix/vision/screen/ # screen arms are valid
+#   bash benchmarks/regime_rerun.sh [OUT]    # OUT defaults to runs/regime-fix
+#
+# Two single-thread workers take the jobs below in order (a job waits for the screen it
+# needs); rerunning the command after an interruption skips finished jobs and continues the
+# others (every step is a resumable `balora compare`). Logs: OUT/logs/<job>.log. Not rerun:
+# the MOF screen (its pre-fix choice, p 0.5 with the KL per layer, is kept), the LLM screen (the
+# LLM takes the text screen's new choice), the text head `new`, every other baseline.
+set -uo pipefail
+out=${1:-runs/regime-fix}
+queue=$out/queue
+mkdir -p "$out/logs" "$queue"
+export OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error
+source "$(dirname "$0")/regime_lib.sh"
+MOF_LEVER=(--prior-p 0.5 --kl-reduction layer)  # the MOF screen's pre-fix choice
+REFERENCE_GRID=(--num-samples 1 4 10 32)  # as the study's baselines (the grid is fingerprinted)
+
+JOBS=(  # name:the job it waits for
+  vision-screen text-screen vision-adapted:vision-screen text-adapted:text-screen
+  llm:text-screen vision-lora-adapted text-lora mof-lora-check mof-size
+  vision-probe:vision-screen vision-lora-probe mof-random text-constant:text-adapted
+)
+
+lever() {  # lever TASK: the options the task's screen chose
+  [ -s "$out/$1/lever.txt" ] || { echo "no lever for $1: its screen has not finished" >&2; return 1; }
+  cat "$out/$1/lever.txt"
+}
+
+job() {
+  local lever_options
+  case $1 in
+  vision-screen | text-screen)
+    local task=${1%-screen} arms="p0.1-layer p0.5-layer p0.5-element" options=("${VISION[@]}")
+    if [ "$task" = text ]; then
+      arms="p0.1-layer p0.1-element p0.5-element p0.5-element-alphalr1e-3" options=("${TEXT[@]}")
+    fi
+    mkdir -p "$out/$task"
+    SCREEN_ARMS=$arms screen "$out/$task/screen" "${options[@]}" --head adapted \
+      | tail -1 > "$out/$task/lever.txt.part" && mv "$out/$task/lever.txt.part" "$out/$task/lever.txt"
+    ;;
+  vision-adapted | vision-probe)
+    lever_options=$(lever vision) || return 1
+    # shellcheck disable=SC2086
+    compare "$out/vision/${1#vision-}/balora" "${SEEDS[@]}" -- "${VISION[@]}" \
+      --head "${1#vision-}" --methods balora balora_constant "${GRID[@]}" $lever_options
+    ;;
+  vision-lora-adapted | vision-lora-probe)
+    compare "$out/vision/${1#vision-lora-}/baselines" "${SEEDS[@]}" -- "${VISION[@]}" \
+      --head "${1#vision-lora-}" --methods lora lora_ts "${REFERENCE_GRID[@]}"
+    ;;
+  text-adapted | text-constant)
+    local methods=(balora)
+    [ "$1" = text-constant ] && methods+=(balora_constant)
+    lever_options=$(lever text) || return 1
+    # shellcheck disable=SC2086
+    compare "$out/text/adapted/balora" "${SEEDS[@]}" -- "${TEXT[@]}" --head adapted \
+      --methods "${methods[@]}" "${GRID[@]}" $lever_options
+    ;;
+  text-lora)
+    compare "$out/text/adapted/baselines" "${SEEDS[@]}" -- "${TEXT[@]}" --head adapted \
+      --methods lora lora_ts "${REFERENCE_GRID[@]}"
+    ;;
+  llm)  # seed 0; BaLoRA's S grid stops at 10 on the LLM (a pass takes about a minute)
+    lever_options=$(lever text) || return 1
+    # shellcheck disable=SC2086
+    compare "$out/llm/lm/balora" 0 -- "${LLM[@]}" --methods balora --num-samples 1 4 10 \
+      $lever_options
+    ;;
+  mof-lora-check)  # does this machine repeat the study's MOF runs? LoRA, size split, seed 0
+    compare "$out/mof/size/baselines" 0 -- "${MOF[@]}" --split size --methods lora \
+      "${REFERENCE_GRID[@]}"
+    ;;
+  mof-size)
+    compare "$out/mof/size/balora" "${SEEDS[@]}" -- "${MOF[@]}" --split size \
+      --methods balora "${GRID[@]}" "${MOF_LEVER[@]}"
+    ;;
+  mof-random)  # the study's random split has seeds 0 and 1
+    compare "$out/mof/random/balora" 0 1 -- "${MOF[@]}" --split random \
+      --methods balora "${GRID[@]}" "${MOF_LEVER[@]}"
+    ;;
+  esac
+}
+
+worker() {  # claims the next job (mkdir is atomic), waits for the job it needs, runs it
+  local entry name needs
+  for entry in "${JOBS[@]}"; do
+    name=${entry%%:*} needs=${entry#*:}
+    [ "$needs" = "$entry" ] && needs=""
+    [ -e "$queue/$name.done" ] && continue
+    mkdir "$queue/$name.claim" 2>/dev/null || continue
+    while [ -n "$needs" ] && [ ! -e "$queue/$needs.done" ]; do
+      [ -e "$queue/$needs.failed" ] && break
+      sleep 30
+    done
+    echo "$(date -u +%H:%M) worker $1: $name"
+    if job "$name" > "$out/logs/$name.log" 2>&1; then
+      touch "$queue/$name.done"
+    else
+      touch "$queue/$name.failed"
+      echo "$name failed (see $out/logs/$name.log)"
+    fi
+  done
+}
+
+rm -rf "$queue"/*.claim "$queue"/*.failed  # a rerun retries what did not finish
+worker 1 &
+worker 2 &
+wait
+ls "$queue"/*.failed 2>/dev/null && exit 1
+echo "done: $out"
