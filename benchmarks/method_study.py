@@ -85,8 +85,9 @@ class Arm:
         return MethodSpec(self.method, opts, label=self.label)
 
 
-ELEMENT = {"kl_reduction": "element"}
-LAYER = {"kl_reduction": "layer"}
+# p 0.1 was the library's default when this study ran; pinned so the arms keep their meaning
+ELEMENT = {"kl_reduction": "element", "prior_p": 0.1}
+LAYER = {"kl_reduction": "layer", "prior_p": 0.1}
 LAYER_P5 = {"kl_reduction": "layer", "prior_p": 0.5}
 FAST_ALPHA = {"alpha_lr": 1e-2}
 

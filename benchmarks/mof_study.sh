@@ -10,8 +10,9 @@ labels=${1:?usage: mof_study.sh LABELS.csv [OUT]}
 out=${2:-runs/mof-study}
 mkdir -p "$out"
 export OMP_NUM_THREADS=1
+# --prior-p 0.1 --kl-reduction layer: the library's defaults when the committed study ran
 common=(--task mof --backbone cgcnn --labels "$labels" --epochs 6 --lr 1e-2 --seeds 0 1 2
-        --members 5 --no-progress)
+        --members 5 --prior-p 0.1 --kl-reduction layer --no-progress)
 grid=(--num-samples 1 2 4 8 16 32 64 128)
 baselines=(--methods mc_dropout blob balora_constant --num-samples 32)
 for split in random size; do

@@ -136,9 +136,10 @@ def test_alpha_depends_on_input_except_constant(source, varies):
 
 
 def test_alpha_starts_at_prior_for_every_input():
-    model = balora.apply(MLP(), config(alpha_source="backbone", alpha_feature_dim=6))
+    cfg = config(alpha_source="backbone", alpha_feature_dim=6, prior_p=0.3)
+    model = balora.apply(MLP(), cfg)
     alphas = _alphas(model, torch.randn(5, 6))
-    torch.testing.assert_close(alphas, torch.full_like(alphas, 0.1 / 0.9))
+    torch.testing.assert_close(alphas, torch.full_like(alphas, 0.3 / 0.7))
 
 
 def test_backbone_alpha_on_bert_uses_masked_mean_of_last_hidden_state(bert_batch):
