@@ -23,10 +23,11 @@ source "$(dirname "$0")/regime_lib.sh"
 MOF_LEVER=(--prior-p 0.5 --kl-reduction layer)  # the MOF screen's pre-fix choice
 REFERENCE_GRID=(--num-samples 1 4 10 32)  # as the study's baselines (the grid is fingerprinted)
 
-JOBS=(  # name:the job it waits for
+JOBS=(  # name:the job it waits for; the ablations last
   vision-screen text-screen vision-adapted:vision-screen text-adapted:text-screen
-  llm:text-screen vision-lora-adapted text-lora mof-lora-check mof-size
-  vision-probe:vision-screen vision-lora-probe mof-random text-constant:text-adapted
+  llm:text-screen text-lora mof-size mof-lora-check vision-probe:vision-screen
+  vision-lora-adapted vision-lora-probe mof-random text-constant:text-adapted
+  vision-constant:vision-adapted
 )
 
 lever() {  # lever TASK: the options the task's screen chose
@@ -46,11 +47,13 @@ job() {
     SCREEN_ARMS=$arms screen "$out/$task/screen" "${options[@]}" --head adapted \
       | tail -1 > "$out/$task/lever.txt.part" && mv "$out/$task/lever.txt.part" "$out/$task/lever.txt"
     ;;
-  vision-adapted | vision-probe)
+  vision-adapted | vision-probe | vision-constant)
+    local head=${1#vision-} methods=(balora)
+    [ "$1" = vision-constant ] && head=adapted methods+=(balora_constant)
     lever_options=$(lever vision) || return 1
     # shellcheck disable=SC2086
-    compare "$out/vision/${1#vision-}/balora" "${SEEDS[@]}" -- "${VISION[@]}" \
-      --head "${1#vision-}" --methods balora balora_constant "${GRID[@]}" $lever_options
+    compare "$out/vision/$head/balora" "${SEEDS[@]}" -- "${VISION[@]}" --head "$head" \
+      --methods "${methods[@]}" "${GRID[@]}" $lever_options
     ;;
   vision-lora-adapted | vision-lora-probe)
     compare "$out/vision/${1#vision-lora-}/baselines" "${SEEDS[@]}" -- "${VISION[@]}" \
