@@ -56,7 +56,9 @@ screen() {  # screen FOLDER OPTIONS... : LoRA and BaLoRA's lever arms on the val
 
 SEEDS=(0 1 2)
 GRID=(--num-samples 1 4 10 32 64)  # BaLoRA's curve against S
-BASE_GRID=(--num-samples 1 4 10 32)  # the other sampling methods (S = 64 costs 4 minutes each)
+BASE_GRID=(--num-samples 1 4 10 32)  # the other methods (S = 64 costs 4 minutes each; fingerprinted)
+# the lever screen of images and MOFs (text screens every arm of regime_select.py)
+SMALL_SCREEN="p0.1-layer p0.5-layer p0.5-element"
 quick() { if [ "${QUICK:-0}" = 1 ]; then echo "$2"; else echo "$1"; fi; }
 if [ "${QUICK:-0}" = 1 ]; then SEEDS=(0 1); GRID=(--num-samples 1 10); BASE_GRID=("${GRID[@]}"); fi
 

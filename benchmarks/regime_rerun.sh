@@ -21,7 +21,6 @@ mkdir -p "$out/logs" "$queue"
 export OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error
 source "$(dirname "$0")/regime_lib.sh"
 MOF_LEVER=(--prior-p 0.5 --kl-reduction layer)  # the MOF screen's pre-fix choice
-REFERENCE_GRID=(--num-samples 1 4 10 32)  # as the study's baselines (the grid is fingerprinted)
 
 JOBS=(  # name:the job it waits for; the ablations last
   vision-screen text-screen vision-adapted:vision-screen text-adapted:text-screen
@@ -39,7 +38,7 @@ job() {
   local lever_options
   case $1 in
   vision-screen | text-screen)
-    local task=${1%-screen} arms="p0.1-layer p0.5-layer p0.5-element" options=("${VISION[@]}")
+    local task=${1%-screen} arms=$SMALL_SCREEN options=("${VISION[@]}")
     if [ "$task" = text ]; then
       arms="p0.1-layer p0.1-element p0.5-element p0.5-element-alphalr1e-3" options=("${TEXT[@]}")
     fi
@@ -57,7 +56,7 @@ job() {
     ;;
   vision-lora-adapted | vision-lora-probe)
     compare "$out/vision/${1#vision-lora-}/baselines" "${SEEDS[@]}" -- "${VISION[@]}" \
-      --head "${1#vision-lora-}" --methods lora lora_ts "${REFERENCE_GRID[@]}"
+      --head "${1#vision-lora-}" --methods lora lora_ts "${BASE_GRID[@]}"
     ;;
   text-adapted | text-constant)
     local methods=(balora)
@@ -69,7 +68,7 @@ job() {
     ;;
   text-lora)
     compare "$out/text/adapted/baselines" "${SEEDS[@]}" -- "${TEXT[@]}" --head adapted \
-      --methods lora lora_ts "${REFERENCE_GRID[@]}"
+      --methods lora lora_ts "${BASE_GRID[@]}"
     ;;
   llm)  # seed 0; BaLoRA's S grid stops at 10 on the LLM (a pass takes about a minute)
     lever_options=$(lever text) || return 1
@@ -79,7 +78,7 @@ job() {
     ;;
   mof-lora-check)  # does this machine repeat the study's MOF runs? LoRA, size split, seed 0
     compare "$out/mof/size/baselines" 0 -- "${MOF[@]}" --split size --methods lora \
-      "${REFERENCE_GRID[@]}"
+      "${BASE_GRID[@]}"
     ;;
   mof-size)
     compare "$out/mof/size/balora" "${SEEDS[@]}" -- "${MOF[@]}" --split size \

@@ -109,7 +109,7 @@ vision)
   # costs about 7 minutes per run on one core at this size (measured: 3.6 ms per image and pass)
   # 500 validation, test and OOD images each (see regime_lib.sh)
   common=("${VISION[@]}")
-  export SCREEN_ARMS="p0.1-layer p0.5-layer p0.5-element"
+  export SCREEN_ARMS=$SMALL_SCREEN
   lane 1 && (
     lever=$(screen "$out/screen" "${common[@]}" --head adapted | tail -1)
     echo "chosen lever: $lever"
@@ -138,7 +138,7 @@ vision)
 mof)
   # the 673 training structures of the MOF study, four times its epochs, the last checkpoint
   common=("${MOF[@]}")
-  export SCREEN_ARMS="p0.1-layer p0.5-layer p0.5-element"
+  export SCREEN_ARMS=$SMALL_SCREEN
   # BaLoRA and the ensemble finish seed by seed (an interrupted study holds whole pairs for
   # claim 4), then the other baselines. To continue a study whose runs were committed:
   #   mkdir -p runs/regime && cp -r docs/results/regime/mof runs/regime/
