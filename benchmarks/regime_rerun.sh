@@ -24,7 +24,7 @@ MOF_LEVER=(--prior-p 0.5 --kl-reduction layer)  # the MOF screen's pre-fix choic
 
 JOBS=(  # name:the job it waits for; the ablations last
   vision-screen text-screen vision-adapted:vision-screen text-adapted:text-screen
-  llm:text-screen text-lora mof-size mof-lora-check vision-probe:vision-screen
+  llm:text-screen llm-layer text-lora mof-size mof-lora-check vision-probe:vision-screen
   vision-lora-adapted vision-lora-probe mof-random text-constant:text-adapted
   vision-constant:vision-adapted
 )
@@ -75,6 +75,11 @@ job() {
     # shellcheck disable=SC2086
     compare "$out/llm/lm/balora" 0 -- "${LLM[@]}" --methods balora --num-samples 1 4 10 \
       $lever_options
+    ;;
+  llm-layer)  # the LLM's second arm after the fix: the study's p 0.1 with the KL per layer (the
+    # arm closest to LoRA in the pre-fix LLM screen); chosen against `llm` on validation NLL
+    compare "$out/llm/lm/balora-p0.1-layer" 0 -- "${LLM[@]}" --methods balora \
+      --num-samples 1 4 10
     ;;
   mof-lora-check)  # does this machine repeat the study's MOF runs? LoRA, size split, seed 0
     compare "$out/mof/size/baselines" 0 -- "${MOF[@]}" --split size --methods lora \
