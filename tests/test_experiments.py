@@ -27,6 +27,7 @@ from balora.experiments import (
 )
 from balora.experiments import runner as runner_module
 from balora.experiments.evaluate import classification_evaluation, regression_evaluation
+from balora.experiments.fingerprint import hash_of
 from balora.experiments.measure import PeakMemoryMeter
 from balora.experiments.specs import resolve_methods
 from balora.io import finite_or_none, write_json
@@ -314,6 +315,32 @@ def test_changed_data_and_method_options_are_refused(done, tmp_path, monkeypatch
     with pytest.raises(StaleResultsError, match="ensemble"):
         run_compare(out, methods=[("ensemble", {"members": 3})], plots=False)
     assert calls == []
+
+
+def test_a_new_code_revision_retrains_and_revision_one_keeps_old_fingerprints(
+    done, tmp_path, monkeypatch
+):
+    # revision 1 adds nothing: the fingerprint of a run written before revisions existed
+    run = done.run("balora", 0)
+    assert run.revision == 1
+    assert run.fingerprint == hash_of([done.fingerprint, "balora", run.options, 0])
+    out = tmp_path / "out"
+    shutil.copytree(done.output_dir, out)
+    calls = counting(monkeypatch)
+    monkeypatch.setattr(METHODS["balora"], "revision", 2)
+    stale = r"revision 1 of balora's code \(this is revision 2\)"
+    with pytest.raises(StaleResultsError, match=stale):
+        run_compare(out, methods=["balora"], seeds=(0,), plots=False)
+    assert calls == []
+    again = run_compare(out, methods=["lora"], seeds=(0,), plots=False)  # lora is unchanged
+    assert calls == []
+    assert again.run("lora", 0).to_dict() == done.run("lora", 0).to_dict()
+    fresh = run_compare(tmp_path / "fresh", methods=["balora"], seeds=(0,), plots=False)
+    assert calls == [("balora", 0)]
+    assert fresh.fingerprint == done.fingerprint  # same configuration, new run fingerprint
+    stored = Results.load(tmp_path / "fresh").run("balora", 0)
+    assert stored.revision == 2
+    assert stored.fingerprint != run.fingerprint
 
 
 def test_resume_false_starts_again(done, tmp_path, monkeypatch):

@@ -178,7 +178,8 @@ class MethodRun:
     (``TrainConfig.checkpoint``). `noise`: `balora.noise_diagnostics` on the first test
     examples once training ended; each history record carries them on validation data too.
     `environment`: where the run was computed (`balora.experiments.measure.environment`;
-    None in files written before it was recorded).
+    None in files written before it was recorded). `revision`: `Method.revision` of the code
+    that made it (1 in files written before revisions were recorded).
     """
 
     method: str
@@ -200,6 +201,7 @@ class MethodRun:
     best_step: int | None = None
     noise: dict[str, Any] | None = None
     environment: dict[str, Any] | None = None
+    revision: int = 1
 
     def at(self, num_samples: int) -> Evaluation:
         """The evaluation at `num_samples` (the single one of a method that does not sample)."""
@@ -246,6 +248,7 @@ class MethodRun:
             best_step=data.get("best_step"),
             noise=data.get("noise"),
             environment=data.get("environment"),
+            revision=int(data.get("revision", 1)),
         )
 
 

@@ -11,9 +11,9 @@
       plots (plots.py) from results.json and the arrays
 
 Each run's JSON carries a fingerprint of the run configuration (data, model, adapter, budget,
-S, task, device) plus its method options and seed; a rerun with ``resume=True`` reuses the runs
-whose fingerprint matches and refuses (`StaleResultsError`) to mix in runs made under another
-configuration.
+S, task, device) plus its method options, seed and code revision (`Method.revision`); a rerun
+with ``resume=True`` reuses the runs whose fingerprint matches and refuses (`StaleResultsError`)
+to mix in runs made under another configuration or by older code.
 """
 
 from __future__ import annotations
@@ -97,7 +97,9 @@ class StaleResultsError(ValueError):
 
 
 def _run_fingerprint(config_fingerprint: str, spec: MethodSpec, seed: int) -> str:
-    return hash_of([config_fingerprint, spec.name, spec.options, seed])
+    parts = [config_fingerprint, spec.name, spec.options, seed]
+    revision = METHODS[spec.name].revision
+    return hash_of(parts if revision == 1 else [*parts, revision])  # see `Method.revision`
 
 
 # ── running ─────────────────────────────────────────────────────────────────────────────────
@@ -336,6 +338,7 @@ def _run_one(ctx: _Context, spec: MethodSpec, seed: int) -> tuple[MethodRun, dic
         seed=seed,
         stochastic=method.stochastic,
         fingerprint=_run_fingerprint(ctx.fingerprint, spec, seed),
+        revision=METHODS[spec.name].revision,
         train_seconds=fit_time.seconds + report.earlier_seconds,  # a resumed run's too
         trainable_parameters=method.trainable_parameters(),
         steps=report.steps,
@@ -557,9 +560,14 @@ def compare(
             with open(path) as f:
                 run = MethodRun.from_dict(json.load(f))
             if run.fingerprint != expected:
+                now = METHODS[spec.name].revision
+                why = (
+                    f"by revision {run.revision} of {spec.name}'s code (this is revision {now})"
+                    if run.revision != now
+                    else f"under another configuration or other options for {spec.label!r}"
+                )
                 raise StaleResultsError(
-                    f"{path} was made under another configuration or other options for "
-                    f"{spec.label!r}; use another output_dir, or resume=False to start again"
+                    f"{path} was made {why}; use another output_dir, or resume=False to start again"
                 )
         elif (
             resume

@@ -41,6 +41,11 @@ class Method:
     trains_as: ClassVar[str | None] = None
     """The method whose training this one repeats exactly (same loop, model and seed) before
     its own post-processing; `compare` trains such a pair once and lets both use it."""
+    revision: ClassVar[int] = 1
+    """The revision of this method's training and prediction code. Bump it with a change that
+    alters what a seeded run computes (a change to the shared loop: every method's), so that a
+    resumed `compare` retrains instead of reusing runs made by the older code. Revision 1 adds
+    nothing to a run's fingerprint: runs written before revisions existed keep theirs."""
 
     def __init__(
         self,
