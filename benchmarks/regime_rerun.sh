@@ -28,7 +28,7 @@ JOBS=(  # name:the job it waits for; the ablations last
   vision-screen text-screen vision-adapted:vision-screen text-adapted:text-screen
   llm:text-screen llm-layer text-lora mof-size mof-lora-check vision-probe:vision-screen
   vision-lora-adapted vision-lora-probe mof-random text-constant:text-adapted
-  vision-constant:vision-adapted
+  vision-constant:vision-adapted mof-references:mof-lora-check
 )
 
 lever() {  # lever TASK: the options the task's screen chose
@@ -86,6 +86,14 @@ job() {
   mof-lora-check)  # does this machine repeat the study's MOF runs? LoRA, size split, seed 0
     compare "$out/mof/size/baselines" 0 -- "${MOF[@]}" --split size --methods lora \
       "${BASE_GRID[@]}"
+    ;;
+  mof-references)  # same-machine MOF references: this machine does not repeat the study's
+    # MOF runs (mof-lora-check, LoRA seed 0: MAE 0.754 against the study's 0.692); LoRA's
+    # seeds first, then the ensemble's, seed-major
+    compare "$out/mof/size/baselines" "${SEEDS[@]}" -- "${MOF[@]}" --split size --methods lora \
+      "${BASE_GRID[@]}" &&
+      compare "$out/mof/size/baselines" "${SEEDS[@]}" -- "${MOF[@]}" --split size \
+        --methods lora ensemble "${BASE_GRID[@]}"
     ;;
   mof-size)
     compare "$out/mof/size/balora" "${SEEDS[@]}" -- "${MOF[@]}" --split size \
