@@ -112,14 +112,18 @@ def _runs(folders: list[Path], loaded: list[Results]) -> dict[str, list[MethodRu
     any other in its ``runs/*.json``. A folder's runs may come from several `compare` calls
     with different method lists (one configuration: `compare` refuses to resume under
     another), so a study stopped part-way shows what finished; methods in the order of each
-    folder's last call, seeds ascending."""
+    folder's last call, seeds ascending. A method already shown by an earlier folder (the
+    same method under other options, e.g. a second BaLoRA arm) is labelled with its folder:
+    ``balora (balora-p0.1-layer)``."""
     out: dict[str, list[MethodRun]] = {}
     for folder, res in zip(folders, loaded, strict=True):
         found = _with_files(res.runs, folder / "runs", MethodRun.from_dict)
         order = {m: i for i, m in enumerate(res.methods)}
         found.sort(key=lambda r: (order.get(r.method, len(order)), r.method, r.seed))
+        taken = set(out)
         for run in found:
-            out.setdefault(run.method, []).append(run)
+            label = f"{run.method} ({folder.name})" if run.method in taken else run.method
+            out.setdefault(label, []).append(run)
     return out
 
 
