@@ -28,7 +28,7 @@ JOBS=(  # name:the job it waits for; the ablations last
   vision-screen text-screen vision-adapted:vision-screen text-adapted:text-screen
   llm:text-screen llm-layer text-lora mof-size mof-lora-check vision-probe:vision-screen
   vision-lora-adapted vision-lora-probe mof-random text-constant:text-adapted
-  vision-constant:vision-adapted mof-references:mof-lora-check
+  vision-constant:vision-adapted mof-references:mof-lora-check llm-lora
 )
 
 lever() {  # lever TASK: the options the task's screen chose
@@ -82,6 +82,9 @@ job() {
     # arm closest to LoRA in the pre-fix LLM screen); chosen against `llm` on validation NLL
     compare "$out/llm/lm/balora-p0.1-layer" 0 -- "${LLM[@]}" --methods balora \
       --num-samples 1 4 10
+    ;;
+  llm-lora)  # same-machine LLM references (the study's were made on an unrecorded machine)
+    compare "$out/llm/lm/baselines" 0 -- "${LLM[@]}" --methods lora lora_ts "${BASE_GRID[@]}"
     ;;
   mof-lora-check)  # does this machine repeat the study's MOF runs? LoRA, size split, seed 0
     compare "$out/mof/size/baselines" 0 -- "${MOF[@]}" --split size --methods lora \
