@@ -72,16 +72,14 @@ job() {
     compare "$out/text/adapted/baselines" "${SEEDS[@]}" -- "${TEXT[@]}" --head adapted \
       --methods lora lora_ts "${BASE_GRID[@]}"
     ;;
-  llm)  # seed 0; BaLoRA's S grid stops at 10 on the LLM (a pass takes about a minute)
+  llm)  # seed 0
     lever_options=$(lever text) || return 1
     # shellcheck disable=SC2086
-    compare "$out/llm/lm/balora" 0 -- "${LLM[@]}" --methods balora --num-samples 1 4 10 \
-      $lever_options
+    compare "$out/llm/lm/balora" 0 -- "${LLM[@]}" --methods balora "${LLM_GRID[@]}" $lever_options
     ;;
   llm-layer)  # the LLM's second arm after the fix: the study's p 0.1 with the KL per layer (the
     # arm closest to LoRA in the pre-fix LLM screen); chosen against `llm` on validation NLL
-    compare "$out/llm/lm/balora-p0.1-layer" 0 -- "${LLM[@]}" --methods balora \
-      --num-samples 1 4 10
+    compare "$out/llm/lm/balora-p0.1-layer" 0 -- "${LLM[@]}" --methods balora "${LLM_GRID[@]}"
     ;;
   llm-lora)  # same-machine LLM references (the study's were made on an unrecorded machine)
     compare "$out/llm/lm/baselines" 0 -- "${LLM[@]}" --methods lora lora_ts "${BASE_GRID[@]}"

@@ -84,9 +84,7 @@ llm|llm-screen)
   read -r text_arm _ <<< "$(read_selection "$text_selection")"
   balora_dir=$out/lm/balora
   [ "$arm" = "$text_arm" ] || balora_dir=$out/lm/balora-$arm
-  # every sampling method's curve stops at S = 10 here: one pass over the 200 questions takes
-  # about 70 s on one thread, so S = 1, 4, 10, 32, 64 would cost two hours per run
-  GRID=(--num-samples 1 4 10)
+  GRID=("${LLM_GRID[@]}")  # every sampling method's curve stops at S = 10 here
   lane 1 && (
     # shellcheck disable=SC2086
     compare "$balora_dir" "${SEEDS[@]}" -- "${common[@]}" --methods balora "${GRID[@]}" $lever

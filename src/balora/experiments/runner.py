@@ -96,9 +96,13 @@ class StaleResultsError(ValueError):
     """The output folder holds results made under another run configuration."""
 
 
+def _revision(spec: MethodSpec) -> int:
+    return METHODS[spec.name].revision
+
+
 def _run_fingerprint(config_fingerprint: str, spec: MethodSpec, seed: int) -> str:
     parts = [config_fingerprint, spec.name, spec.options, seed]
-    revision = METHODS[spec.name].revision
+    revision = _revision(spec)
     return hash_of(parts if revision == 1 else [*parts, revision])  # see `Method.revision`
 
 
@@ -338,7 +342,7 @@ def _run_one(ctx: _Context, spec: MethodSpec, seed: int) -> tuple[MethodRun, dic
         seed=seed,
         stochastic=method.stochastic,
         fingerprint=_run_fingerprint(ctx.fingerprint, spec, seed),
-        revision=METHODS[spec.name].revision,
+        revision=_revision(spec),
         train_seconds=fit_time.seconds + report.earlier_seconds,  # a resumed run's too
         trainable_parameters=method.trainable_parameters(),
         steps=report.steps,
@@ -560,7 +564,7 @@ def compare(
             with open(path) as f:
                 run = MethodRun.from_dict(json.load(f))
             if run.fingerprint != expected:
-                now = METHODS[spec.name].revision
+                now = _revision(spec)
                 why = (
                     f"by revision {run.revision} of {spec.name}'s code (this is revision {now})"
                     if run.revision != now
