@@ -14,7 +14,7 @@
 # others (every step is a resumable `balora compare`). Logs: OUT/logs/<job>.log. Not rerun:
 # the MOF screen (its pre-fix choice, p 0.5 with the KL per layer, is kept), the LLM screen (the
 # LLM runs the text screen's new choice and the study's p 0.1 per layer, chosen between on
-# validation NLL), the text head `new`, every other baseline. A job is skipped by touching
+# validation NLL; the chosen arm then gets seeds 1 and 2), every other baseline. A job is skipped by touching
 # OUT/queue/<job>.done before the command (as the images' LoRA redraw was: docs/regime.md).
 set -uo pipefail
 out=${1:-runs/regime-fix}
@@ -27,8 +27,9 @@ MOF_LEVER=(--prior-p 0.5 --kl-reduction layer)  # the MOF screen's pre-fix choic
 JOBS=(  # name:the job it waits for; the ablations last
   vision-screen text-screen vision-adapted:vision-screen text-adapted:text-screen
   llm:text-screen llm-layer text-lora mof-size mof-lora-check vision-probe:vision-screen
-  vision-lora-adapted vision-lora-probe mof-random text-constant:text-adapted
-  vision-constant:vision-adapted mof-references:mof-lora-check llm-lora
+  vision-lora-adapted vision-lora-probe mof-random llm-seeds:llm-layer text-new:text-screen
+  text-lora-new mof-references:mof-lora-check text-constant:text-adapted
+  vision-constant:vision-adapted llm-lora
 )
 
 lever() {  # lever TASK: the options the task's screen chose
@@ -60,16 +61,18 @@ job() {
     compare "$out/vision/${1#vision-lora-}/baselines" "${SEEDS[@]}" -- "${VISION[@]}" \
       --head "${1#vision-lora-}" --methods lora lora_ts "${BASE_GRID[@]}"
     ;;
-  text-adapted | text-constant)
-    local methods=(balora)
-    [ "$1" = text-constant ] && methods+=(balora_constant)
+  text-adapted | text-new | text-constant)
+    local head=${1#text-} methods=(balora)
+    [ "$1" = text-constant ] && head=adapted methods+=(balora_constant)
     lever_options=$(lever text) || return 1
     # shellcheck disable=SC2086
-    compare "$out/text/adapted/balora" "${SEEDS[@]}" -- "${TEXT[@]}" --head adapted \
+    compare "$out/text/$head/balora" "${SEEDS[@]}" -- "${TEXT[@]}" --head "$head" \
       --methods "${methods[@]}" "${GRID[@]}" $lever_options
     ;;
-  text-lora)
-    compare "$out/text/adapted/baselines" "${SEEDS[@]}" -- "${TEXT[@]}" --head adapted \
+  text-lora | text-lora-new)
+    local head=${1#text-lora-}
+    [ "$1" = text-lora ] && head=adapted
+    compare "$out/text/$head/baselines" "${SEEDS[@]}" -- "${TEXT[@]}" --head "$head" \
       --methods lora lora_ts "${BASE_GRID[@]}"
     ;;
   llm)  # seed 0
@@ -77,9 +80,13 @@ job() {
     # shellcheck disable=SC2086
     compare "$out/llm/lm/balora" 0 -- "${LLM[@]}" --methods balora "${LLM_GRID[@]}" $lever_options
     ;;
-  llm-layer)  # the LLM's second arm after the fix: the study's p 0.1 with the KL per layer (the
-    # arm closest to LoRA in the pre-fix LLM screen); chosen against `llm` on validation NLL
-    compare "$out/llm/lm/balora-p0.1-layer" 0 -- "${LLM[@]}" --methods balora "${LLM_GRID[@]}"
+  llm-layer | llm-seeds)  # the LLM's second arm after the fix: the study's p 0.1 with the KL per
+    # layer (the arm closest to LoRA in the pre-fix LLM screen); chosen against `llm` on
+    # validation NLL (seed 0), then seeds 1 and 2 (`llm-seeds`, 80 minutes each)
+    local seeds=(0)
+    [ "$1" = llm-seeds ] && seeds=("${SEEDS[@]}")
+    compare "$out/llm/lm/balora-p0.1-layer" "${seeds[@]}" -- "${LLM[@]}" --methods balora \
+      "${LLM_GRID[@]}"
     ;;
   llm-lora)  # same-machine LLM references (the study's were made on an unrecorded machine)
     compare "$out/llm/lm/baselines" 0 -- "${LLM[@]}" --methods lora lora_ts "${BASE_GRID[@]}"
