@@ -14,8 +14,9 @@
 # others (every step is a resumable `balora compare`). Logs: OUT/logs/<job>.log. Not rerun:
 # the MOF screen (its pre-fix choice, p 0.5 with the KL per layer, is kept), the LLM screen (the
 # LLM runs the text screen's new choice and the study's p 0.1 per layer, chosen between on
-# validation NLL; the chosen arm then gets seeds 1 and 2), every other baseline. A job is skipped by touching
-# OUT/queue/<job>.done before the command (as the images' LoRA redraw was: docs/regime.md).
+# validation NLL; the chosen arm then gets seeds 1 and 2), every other baseline. A job is
+# skipped by touching OUT/queue/<job>.done before the command (as the images' LoRA redraw was:
+# docs/regime.md).
 set -uo pipefail
 out=${1:-runs/regime-fix}
 queue=$out/queue
